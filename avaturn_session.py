@@ -1476,14 +1476,12 @@ def _timeout_pair(timeout: _Timeout) -> tuple[float, float]:
 
 
 def _session_path(session_id: str) -> str:
-    """The session's URL path, the id encoded as exactly one segment."""
+    """The session's URL path, the id percent-encoded as exactly one segment."""
     _check_text(session_id, "session_id")
-    # quote() leaves "." alone, and "." or ".." would be a dot-segment.
-    return (
-        _PATH_SESSIONS
-        + "/"
-        + urllib.parse.quote(session_id, safe="").replace(".", "%2E")
-    )
+    # requests decodes %2E back to ".", so a dot-segment cannot be encoded away.
+    if session_id in (".", ".."):
+        raise ConfigurationError("session_id must not be '.' or '..'")
+    return _PATH_SESSIONS + "/" + urllib.parse.quote(session_id, safe="")
 
 
 def _collect_secrets(value: object, found: list[str], secret: bool = False) -> None:

@@ -1,0 +1,1889 @@
+"""Tests for avaturn_session: request shapes with `responses`, and the reliability
+promises on a real socket against `FakeAvaturn`, a stdlib HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http.server
+import importlib
+import inspect
+import io
+import json
+import logging
+import random
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+import avaturn_session as av
+
+ROOT = Path(__file__).resolve().parent
+API = "https://api.avaturn.live"
+SESSIONS = API + "/api/v1/sessions"
+KEY = "av-test-key"
+
+
+# --------------------------------------------------------------------------- #
+# The fake Avaturn (also serves OpenAI's and Cartesia's minting endpoints)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour of the fake for one request.
+
+    kinds: status (answer `status`, optional `retry_after`, no work done), late
+    (do the work, answer after `delay` s), reset (do the work, reset the TCP
+    connection), html (502 proxy page, no work), truncated (do the work, send
+    half the body and close), empty (do the work, 200 with no body), redirect
+    (307, no work), echo (500 echoing the request's body, its Authorization
+    header and every session token the fake issued).
+    """
+
+    kind: str
+    status: int = 503
+    retry_after: str | None = None
+    delay: float = 0.6
+
+
+ROUTES = ("create", "say", "terminate", "openai", "cartesia")
+
+
+class FakeAvaturn:
+    """A stdlib ThreadingHTTPServer on a free loopback port speaking the API.
+
+    It keeps the server-side truth: `sessions` alive now, `created` (every id it
+    ever made, with the request body), `spoken` (session id, text), `attempts`
+    (a Counter per route), `connections` (TCP connections accepted).
+    """
+
+    def __init__(self, api_key: str = KEY) -> None:
+        self.api_key = api_key
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.created: dict[str, dict[str, Any]] = {}
+        self.spoken: list[tuple[str, str]] = []
+        self.attempts: Counter[str] = Counter()
+        self.connections = 0
+        self.latency = 0.0
+        self.scripts: dict[str, list[Fault]] = {route: [] for route in ROUTES}
+        self.chaos: tuple[random.Random, float, list[Fault]] | None = None
+        self.token_factory = lambda n: f"tok_{n}_secret"
+        self.minted_openai: list[dict[str, Any]] = []
+        self.minted_cartesia: list[dict[str, Any]] = []
+        self.last_headers: dict[str, dict[str, str]] = {}
+        self._n = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 15  # idle keep-alive connections end by themselves
+
+            def setup(self) -> None:
+                super().setup()
+                with fake.lock:
+                    fake.connections += 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                fake._handle(self, "POST")
+
+            def do_DELETE(self) -> None:
+                fake._handle(self, "DELETE")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda *args: None  # resets and late writes are expected
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- scripting ---------------------------------------------------------- #
+
+    def script(self, route: str, *faults: Fault) -> None:
+        """Queue faults for the next requests to `route`, one per request."""
+        self.scripts[route].extend(faults)
+
+    def set_chaos(self, seed: int, rate: float, faults: list[Fault]) -> None:
+        """Inject a fault from `faults` into a `rate` share of requests, seeded."""
+        self.chaos = (random.Random(seed), rate, faults)
+
+    def _next_fault(self, route: str) -> Fault | None:
+        with self.lock:
+            if self.scripts[route]:
+                return self.scripts[route].pop(0)
+            if self.chaos is not None:
+                rng, rate, faults = self.chaos
+                if rng.random() < rate:
+                    return rng.choice(faults)
+        return None
+
+    # -- serving ------------------------------------------------------------ #
+
+    def _handle(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        path = urllib.parse.urlsplit(h.path).path
+        route, session_id = self._route(method, path)
+        if route is None:
+            return self._reply(h, 404, {"detail": "Not Found"})
+        with self.lock:
+            self.attempts[route] += 1
+            self.last_headers[route] = dict(h.headers)
+        fault = self._next_fault(route)
+        auth = h.headers.get("Authorization", "")
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        if fault is not None and fault.kind == "echo":
+            with self.lock:
+                tokens = [s["token"] for s in self.created.values()]
+            detail = f"failed for {auth} {' '.join(tokens)} {raw.decode(errors='replace')}"
+            return self._reply(h, 500, {"detail": detail, "input": body})
+        if fault is not None and fault.kind == "status":
+            extra = [("Retry-After", fault.retry_after)] if fault.retry_after else []
+            return self._reply(h, fault.status, {"detail": "scripted"}, extra)
+        if fault is not None and fault.kind == "html":
+            page = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+            return self._reply(h, 502, raw=page, content_type="text/html")
+        if fault is not None and fault.kind == "redirect":
+            return self._reply(h, 307, {}, [("Location", self.url + "/elsewhere")])
+        if route in ("create", "say", "terminate") and auth != f"Bearer {self.api_key}":
+            return self._reply(h, 401, {"detail": "Invalid API key"})
+        status, payload = self._work(route, session_id, body)
+        if self.latency:
+            time.sleep(self.latency)
+        if fault is None:
+            return self._reply(h, status, payload)
+        if fault.kind == "late":
+            time.sleep(fault.delay)
+            return self._reply(h, status, payload)
+        if fault.kind == "reset":
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            h.close_connection = True
+            return None
+        if fault.kind == "truncated":
+            data = json.dumps(payload).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data) + 10))
+            h.end_headers()
+            h.wfile.write(data[: len(data) // 2])
+            h.wfile.flush()
+            h.connection.shutdown(socket.SHUT_RDWR)
+            h.close_connection = True
+            return None
+        if fault.kind == "empty":
+            return self._reply(h, 200, raw=b"")
+        raise AssertionError(f"unknown fault {fault.kind}")
+
+    @staticmethod
+    def _route(method: str, path: str) -> tuple[str | None, str | None]:
+        parts = path.split("/")
+        if method == "POST" and path == "/api/v1/sessions":
+            return "create", None
+        if method == "POST" and len(parts) == 6 and path.startswith("/api/v1/sessions/"):
+            if parts[5] == "tasks":
+                return "say", urllib.parse.unquote(parts[4])
+        if method == "DELETE" and len(parts) == 5 and path.startswith("/api/v1/sessions/"):
+            return "terminate", urllib.parse.unquote(parts[4])
+        if method == "POST" and path == "/v1/realtime/client_secrets":
+            return "openai", None
+        if method == "POST" and path == "/access-token":
+            return "cartesia", None
+        return None, None
+
+    def _work(self, route: str, session_id: str | None, body: Any) -> tuple[int, Any]:
+        """Do what the real API does; returns (status, JSON payload)."""
+        with self.lock:
+            self._n += 1
+            n = self._n
+            if route == "create":
+                engine = (body or {}).get("conversation_engine")
+                known = ("openai-realtime", "cartesia", "text-echo", "external", "qwen-omni-realtime")
+                if engine is not None and engine.get("type") not in known:
+                    return 422, {
+                        "detail": [
+                            {
+                                "type": "union_tag_invalid",
+                                "loc": ["body", "conversation_engine"],
+                                "msg": "Input tag does not match any of the expected tags",
+                                "input": engine,
+                            }
+                        ]
+                    }
+                if str((body or {}).get("avatar_id", "")).startswith("retired"):
+                    return 410, {"detail": "Avatar no longer exists"}
+                sid = f"sess_{n}"
+                record = {"token": self.token_factory(n), "body": body}
+                self.sessions[sid] = record
+                self.created[sid] = record
+                return 200, {"session_id": sid, "token": record["token"]}
+            if route == "say":
+                if session_id not in self.sessions:
+                    return 404, {"detail": "Session not found"}
+                self.spoken.append((session_id, body["text"]))
+                return 200, {"task_id": f"task_{n}"}
+            if route == "terminate":
+                if self.sessions.pop(str(session_id), None) is None:
+                    return 404, {"detail": "Session not found"}
+                return 204, None
+            if route == "openai":
+                self.minted_openai.append(body)
+                return 200, {
+                    "value": f"ek_fake_{n}",
+                    "expires_at": 2_000_000_000,
+                    "session": body.get("session", {}),
+                }
+            self.minted_cartesia.append(body)
+            return 200, {"token": f"cartesia_tok_{n}"}
+
+    @staticmethod
+    def _reply(
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        payload: Any = None,
+        headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        data = raw if raw is not None else b"" if payload is None else json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("x-request-id", f"req_{status}")
+        for name, value in headers:
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(data)
+
+
+@pytest.fixture
+def fake():
+    server = FakeAvaturn()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def mock():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Record every retry wait instead of sleeping."""
+    waits: list[float] = []
+    monkeypatch.setattr(av, "_sleep", waits.append)
+    return waits
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    for name in (
+        "AVATURN_API_KEY",
+        "AVATURN_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "CARTESIA_API_KEY",
+        "CARTESIA_BASE_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(av, "_default_client", None)
+
+
+def client_for(fake: FakeAvaturn, **kwargs: Any) -> av.AvaturnClient:
+    kwargs.setdefault("timeout", (2.0, 0.3))
+    return av.AvaturnClient(KEY, base_url=fake.url, **kwargs)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --------------------------------------------------------------------------- #
+# Public surface
+# --------------------------------------------------------------------------- #
+
+CREATE_PARAMS = (
+    "engine: 'Mapping[str, Any] | None' = None, *, avatar_id: 'str | None' = None, "
+    "background: 'str | None' = None, render_model: 'str | None' = None, "
+    "user_absent_timeout: 'int | None' = None, max_duration: 'int | None' = None, "
+    "extra: 'Mapping[str, Any] | None' = None"
+)
+
+SIGNATURES = {
+    "openai_realtime_engine": "(client_secret: 'str') -> 'dict[str, Any]'",
+    "cartesia_engine": "(access_token: 'str', agent_id: 'str') -> 'dict[str, Any]'",
+    "text_echo_engine": "(voice_id: 'str') -> 'dict[str, Any]'",
+    "external_engine": "(url: 'str', *, headers: 'Mapping[str, str] | None' = None, "
+    "user_sample_rate: 'int | None' = None) -> 'dict[str, Any]'",
+    "mint_openai_client_secret": "(session: 'Mapping[str, Any] | None' = None, *, "
+    "expires_in: 'int' = 600, api_key: 'str | None' = None, openai_client: 'Any' = None) -> 'str'",
+    "mint_cartesia_access_token": "(*, api_key: 'str | None' = None, expires_in: 'int' = 300, "
+    "base_url: 'str | None' = None, timeout: 'float | tuple[float, float]' = (5.0, 30.0)) -> 'str'",
+    "create_session": f"({CREATE_PARAMS}) -> 'AvaturnSession'",
+    "say": "(session_id: 'str', text: 'str') -> 'str'",
+    "terminate_session": "(session_id: 'str') -> 'bool'",
+    "session": f"({CREATE_PARAMS}) -> 'contextlib.AbstractContextManager[AvaturnSession]'",
+    "main": "(argv: 'Sequence[str] | None' = None) -> 'int'",
+    "AvaturnClient.__init__": "(self, api_key: 'str | None' = None, *, base_url: 'str | None' = None, "
+    "timeout: 'float | tuple[float, float]' = (5.0, 30.0), max_retries: 'int' = 2, "
+    "http: 'requests.Session | None' = None) -> 'None'",
+    "AvaturnClient.create_session": f"(self, {CREATE_PARAMS}) -> 'AvaturnSession'",
+    "AvaturnClient.say": "(self, session_id: 'str', text: 'str') -> 'str'",
+    "AvaturnClient.terminate_session": "(self, session_id: 'str') -> 'bool'",
+    "AvaturnClient.session": f"(self, {CREATE_PARAMS}) -> 'Iterator[AvaturnSession]'",
+    "AvaturnClient.close": "(self) -> 'None'",
+    "AvaturnSession": "(session_id: 'str', token: 'str', api_host: 'str') -> None",
+}
+
+
+def test_public_all_is_frozen():
+    assert sorted(av.__all__) == sorted(
+        [
+            "DEFAULT_BASE_URL",
+            "DEFAULT_MAX_RETRIES",
+            "DEFAULT_POOL_MAXSIZE",
+            "DEFAULT_TIMEOUT",
+            "INITIAL_RETRY_DELAY",
+            "MAX_RETRY_AFTER",
+            "MAX_RETRY_DELAY",
+            "APIConnectionError",
+            "APIResponseError",
+            "APIStatusError",
+            "APITimeoutError",
+            "AuthenticationError",
+            "AvaturnClient",
+            "AvaturnError",
+            "AvaturnSession",
+            "BadRequestError",
+            "ConfigurationError",
+            "CredentialError",
+            "GoneError",
+            "InternalServerError",
+            "NotFoundError",
+            "PermissionDeniedError",
+            "RateLimitError",
+            "UnprocessableEntityError",
+            "cartesia_engine",
+            "create_session",
+            "external_engine",
+            "main",
+            "mint_cartesia_access_token",
+            "mint_openai_client_secret",
+            "openai_realtime_engine",
+            "say",
+            "session",
+            "terminate_session",
+            "text_echo_engine",
+        ]
+    )
+    assert all(hasattr(av, name) for name in av.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURES))
+def test_public_signatures_are_frozen(name):
+    obj: Any = av
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    assert str(inspect.signature(obj)) == SIGNATURES[name]
+
+
+def test_public_constants_have_documented_values():
+    assert av.DEFAULT_BASE_URL == "https://api.avaturn.live"
+    assert av.DEFAULT_TIMEOUT == (5.0, 30.0)
+    assert av.DEFAULT_MAX_RETRIES == 2
+    assert (av.INITIAL_RETRY_DELAY, av.MAX_RETRY_DELAY, av.MAX_RETRY_AFTER) == (0.5, 8.0, 60.0)
+    assert av.__version__ == "0.1.0"
+
+
+def test_import_does_not_import_openai():
+    code = "import sys, avaturn_session; assert 'openai' not in sys.modules, 'openai imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_errors_hierarchy_matches_contract():
+    assert issubclass(av.ConfigurationError, ValueError)
+    assert issubclass(av.APITimeoutError, av.APIConnectionError)
+    for cls in (av.ConfigurationError, av.CredentialError, av.APIConnectionError):
+        assert issubclass(cls, av.AvaturnError)
+    for cls in (av.APIResponseError, av.APIStatusError):
+        assert issubclass(cls, av.AvaturnError)
+    for cls in (
+        av.BadRequestError,
+        av.AuthenticationError,
+        av.PermissionDeniedError,
+        av.NotFoundError,
+        av.GoneError,
+        av.UnprocessableEntityError,
+        av.RateLimitError,
+        av.InternalServerError,
+    ):
+        assert issubclass(cls, av.APIStatusError)
+
+
+# --------------------------------------------------------------------------- #
+# Engines
+# --------------------------------------------------------------------------- #
+
+
+def test_openai_realtime_engine_builds_config():
+    assert av.openai_realtime_engine("ek_1") == {
+        "type": "openai-realtime",
+        "client_secret": "ek_1",
+    }
+
+
+def test_cartesia_engine_builds_config():
+    assert av.cartesia_engine("tok", "agent_1") == {
+        "type": "cartesia",
+        "access_token": "tok",
+        "agent_id": "agent_1",
+    }
+
+
+def test_text_echo_engine_builds_config():
+    assert av.text_echo_engine("v1") == {
+        "type": "text-echo",
+        "tts": {"engine": "elevenlabs", "voice_id": "v1"},
+    }
+
+
+def test_external_engine_builds_config_with_headers_and_rate():
+    headers = {"X-Key": "abc"}
+    engine = av.external_engine("wss://bot.example/ws", headers=headers, user_sample_rate=16000)
+    assert engine == {
+        "type": "external",
+        "url": "wss://bot.example/ws",
+        "headers": {"X-Key": "abc"},
+        "audio": {"user": {"sample_rate": 16000}},
+    }
+    engine["headers"]["X-Key"] = "changed"
+    assert headers == {"X-Key": "abc"}
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: av.openai_realtime_engine(""), "client_secret"),
+        (lambda: av.openai_realtime_engine(None), "client_secret"),
+        (lambda: av.cartesia_engine("tok", ""), "agent_id"),
+        (lambda: av.cartesia_engine("", "agent"), "access_token"),
+        (lambda: av.text_echo_engine(""), "voice_id"),
+        (lambda: av.external_engine("https://bot.example/ws"), "ws://"),
+        (lambda: av.external_engine("wss://x/ws", headers={"a": 1}), "headers"),
+        (lambda: av.external_engine("wss://x/ws", user_sample_rate=0), "user_sample_rate"),
+        (lambda: av.external_engine("wss://x/ws", user_sample_rate=True), "user_sample_rate"),
+    ],
+)
+def test_engine_helpers_refuse_bad_input(build, match):
+    with pytest.raises(av.ConfigurationError, match=match):
+        build()
+
+
+def test_create_session_passes_unknown_engine_type_untouched(mock):
+    engine = {
+        "type": "qwen-omni-realtime",
+        "model": "qwen3-omni",
+        "nested": {"list": [1, 2.5, None, True]},
+    }
+    mock.post(
+        SESSIONS,
+        match=[matchers.json_params_matcher({"conversation_engine": engine})],
+        json={"session_id": "s1", "token": "t1"},
+    )
+    av.AvaturnClient(KEY).create_session(engine)
+
+
+def test_create_session_does_not_mutate_callers_dicts(mock):
+    engine = {"type": "openai-realtime", "client_secret": "ek_1"}
+    extra = {"model": "golf"}
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t1"})
+    av.AvaturnClient(KEY).create_session(engine, extra=extra)
+    assert engine == {"type": "openai-realtime", "client_secret": "ek_1"}
+    assert extra == {"model": "golf"}
+
+
+# --------------------------------------------------------------------------- #
+# Client construction
+# --------------------------------------------------------------------------- #
+
+
+def test_client_reads_key_and_base_url_from_env(monkeypatch, mock):
+    monkeypatch.setenv("AVATURN_API_KEY", "env-key")
+    monkeypatch.setenv("AVATURN_BASE_URL", "https://staging.example/")
+    mock.post(
+        "https://staging.example/api/v1/sessions",
+        match=[matchers.header_matcher({"Authorization": "Bearer env-key"})],
+        json={"session_id": "s1", "token": "t1"},
+    )
+    client = av.AvaturnClient()
+    assert client.base_url == "https://staging.example"
+    assert client.create_session().api_host == "https://staging.example"
+
+
+def test_client_without_key_names_the_variable(no_env):
+    with pytest.raises(av.ConfigurationError, match="AVATURN_API_KEY"):
+        av.AvaturnClient()
+
+
+@pytest.mark.parametrize("key", ["a b", "a\nb", "a\r\nX-Evil: 1", "a\tb", "kéy", " sk-leaky"])
+def test_client_refuses_key_with_whitespace_or_control_chars(key):
+    with pytest.raises(av.ConfigurationError) as info:
+        av.AvaturnClient(key)
+    assert key not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.avaturn.live",
+        "http://10.0.0.5:8000",
+        "ftp://api.avaturn.live",
+        "api.avaturn.live",
+        "https://user:pw@api.avaturn.live",
+        "https://api.avaturn.live/?x=1",
+    ],
+)
+def test_client_refuses_unsafe_base_url(url):
+    with pytest.raises(av.ConfigurationError):
+        av.AvaturnClient(KEY, base_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:8000", "http://127.0.0.1:9", "http://127.1.2.3", "http://[::1]:8080/"],
+)
+def test_client_allows_http_for_loopback(url):
+    assert av.AvaturnClient(KEY, base_url=url).base_url == url.rstrip("/")
+
+
+@pytest.mark.parametrize("timeout", [None, 0, -1, float("nan"), (1.0,), (1.0, None), "5", True])
+def test_client_refuses_bad_timeout(timeout):
+    with pytest.raises(av.ConfigurationError, match="timeout"):
+        av.AvaturnClient(KEY, timeout=timeout)
+
+
+@pytest.mark.parametrize("retries", [-1, 1.5, True, None])
+def test_client_refuses_bad_max_retries(retries):
+    with pytest.raises(av.ConfigurationError, match="max_retries"):
+        av.AvaturnClient(KEY, max_retries=retries)
+
+
+def test_client_repr_shows_base_url_not_key():
+    client = av.AvaturnClient("sk-very-secret", base_url="https://x.example")
+    assert repr(client) == "AvaturnClient(base_url='https://x.example')"
+    assert "sk-very-secret" not in repr(vars(client))
+
+
+def test_client_pool_serves_32_threads():
+    client = av.AvaturnClient(KEY)
+    adapter = client._http.get_adapter(API)
+    assert adapter._pool_maxsize == 32
+
+
+def test_client_closes_only_its_own_session():
+    closed = []
+
+    class Spy(requests.Session):
+        def close(self):
+            closed.append(self)
+            super().close()
+
+    theirs = Spy()
+    with av.AvaturnClient(KEY, http=theirs):
+        pass
+    assert closed == []
+    client = av.AvaturnClient(KEY)
+    client._http = Spy()
+    with client:
+        pass
+    assert closed == [client._http]
+
+
+def test_client_sends_through_given_requests_session(mock):
+    http = requests.Session()
+    http.headers["X-Proxy-Tag"] = "t"
+    mock.post(
+        SESSIONS,
+        match=[matchers.header_matcher({"X-Proxy-Tag": "t"}, strict_match=False)],
+        json={"session_id": "s1", "token": "t1"},
+    )
+    av.AvaturnClient(KEY, http=http).create_session()
+    assert "Authorization" not in http.headers
+
+
+# --------------------------------------------------------------------------- #
+# Request shapes
+# --------------------------------------------------------------------------- #
+
+
+def test_create_session_sends_empty_body_and_headers(mock):
+    mock.post(
+        SESSIONS,
+        match=[
+            matchers.json_params_matcher({}),
+            matchers.header_matcher(
+                {
+                    "Authorization": f"Bearer {KEY}",
+                    "User-Agent": "avaturn-session/0.1.0",
+                    "Content-Type": "application/json",
+                }
+            ),
+        ],
+        json={"session_id": "s1", "token": "t1"},
+    )
+    created = av.AvaturnClient(KEY).create_session()
+    assert created == av.AvaturnSession("s1", "t1", API)
+
+
+def test_create_session_sends_only_set_fields(mock):
+    engine = av.openai_realtime_engine("ek_1")
+    mock.post(
+        SESSIONS,
+        match=[
+            matchers.json_params_matcher(
+                {
+                    "conversation_engine": engine,
+                    "avatar_id": "jane_20240829",
+                    "background": "transparent",
+                    "render_model": "golf",
+                    "user_absent_timeout": 10,
+                    "max_duration": 86400,
+                    "model": "golf",
+                }
+            )
+        ],
+        json={"session_id": "s1", "token": "t1"},
+    )
+    av.AvaturnClient(KEY).create_session(
+        engine,
+        avatar_id="jane_20240829",
+        background="transparent",
+        render_model="golf",
+        user_absent_timeout=10,
+        max_duration=86400,
+        extra={"model": "golf"},
+    )
+
+
+def test_say_posts_text_and_returns_task_id(mock):
+    mock.post(
+        SESSIONS + "/s1/tasks",
+        match=[matchers.json_params_matcher({"text": "Hello!"})],
+        json={"task_id": "task_9"},
+    )
+    assert av.AvaturnClient(KEY).say("s1", "Hello!") == "task_9"
+
+
+def test_terminate_session_deletes_and_returns_true(mock):
+    mock.delete(
+        SESSIONS + "/s1",
+        match=[matchers.header_matcher({"Authorization": f"Bearer {KEY}"}, strict_match=False)],
+        status=204,
+    )
+    assert av.AvaturnClient(KEY).terminate_session("s1") is True
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_terminate_session_returns_false_when_already_gone(mock, status):
+    mock.delete(SESSIONS + "/s1", status=status, json={"detail": "Session not found"})
+    assert av.AvaturnClient(KEY).terminate_session("s1") is False
+
+
+@pytest.mark.parametrize(
+    ("session_id", "encoded"),
+    [("../x", "..%2Fx"), ("a b?c#d", "a%20b%3Fc%23d"), ("s.1", "s.1"), ("a/b", "a%2Fb")],
+)
+def test_session_id_is_encoded_as_one_path_segment(mock, session_id, encoded):
+    mock.delete(SESSIONS + "/" + encoded, status=204)
+    av.AvaturnClient(KEY).terminate_session(session_id)
+    assert mock.calls[0].request.path_url == "/api/v1/sessions/" + encoded
+
+
+def test_session_web_sdk_options_and_repr_hide_nothing_but_token():
+    s = av.AvaturnSession("s1", "tok-secret", "https://api.avaturn.live")
+    assert s.web_sdk_options() == {"sessionToken": "tok-secret", "apiHost": "https://api.avaturn.live"}
+    assert "tok-secret" not in repr(s) and "tok-secret" not in str(s)
+    with pytest.raises(AttributeError):
+        s.token = "x"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- #
+# Validation: a clear error, nothing sent
+# --------------------------------------------------------------------------- #
+
+BAD_CREATE_OPTIONS = [
+    ({"engine": "openai-realtime"}, "mapping"),
+    ({"engine": {}}, "type"),
+    ({"engine": {"type": ""}}, "type"),
+    ({"engine": {"type": 3}}, "type"),
+    ({"engine": {"type": "openai-realtime"}}, "client_secret"),
+    ({"engine": {"type": "openai-realtime", "client_secret": ""}}, "client_secret"),
+    ({"engine": {"type": "cartesia", "access_token": "t"}}, "agent_id"),
+    ({"engine": {"type": "cartesia", "agent_id": "a"}}, "access_token"),
+    ({"engine": {"type": "text-echo"}}, "voice_id"),
+    ({"engine": {"type": "text-echo", "tts": {"voice_id": ""}}}, "voice_id"),
+    ({"engine": {"type": "new-kind", "x": object()}}, "JSON"),
+    ({"engine": {"type": "new-kind", "x": float("nan")}}, "JSON"),
+    ({"background": "blue"}, "background"),
+    ({"avatar_id": ""}, "avatar_id"),
+    ({"render_model": 5}, "render_model"),
+    ({"user_absent_timeout": 9}, "user_absent_timeout"),
+    ({"user_absent_timeout": 30.0}, "user_absent_timeout"),
+    ({"user_absent_timeout": True}, "user_absent_timeout"),
+    ({"max_duration": 59}, "max_duration"),
+    ({"max_duration": 86401}, "max_duration"),
+    ({"max_duration": False}, "max_duration"),
+    ({"extra": {"avatar_id": "x"}}, "avatar_id"),
+    ({"extra": {"conversation_engine": {}}}, "engine"),
+    ({"extra": {"x": {1, 2}}}, "JSON"),
+    ({"extra": ["model"]}, "mapping"),
+]
+
+
+@pytest.mark.parametrize(("options", "match"), BAD_CREATE_OPTIONS)
+def test_create_session_refuses_bad_input_before_sending(mock, options, match):
+    with pytest.raises(av.ConfigurationError, match=match):
+        av.AvaturnClient(KEY).create_session(**options)
+    assert len(mock.calls) == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda c: c.say("", "hi"), "session_id"),
+        (lambda c: c.say(None, "hi"), "session_id"),
+        (lambda c: c.say("s1", ""), "text"),
+        (lambda c: c.say("s1", "   "), "text"),
+        (lambda c: c.say("s1", b"hi"), "text"),
+        (lambda c: c.terminate_session(""), "session_id"),
+        (lambda c: c.terminate_session(42), "session_id"),
+        (lambda c: c.terminate_session(".."), "session_id"),
+        (lambda c: c.say(".", "hi"), "session_id"),
+    ],
+)
+def test_say_and_terminate_refuse_bad_input_before_sending(mock, call, match):
+    with pytest.raises(av.ConfigurationError, match=match):
+        call(av.AvaturnClient(KEY))
+    assert len(mock.calls) == 0
+
+
+# --------------------------------------------------------------------------- #
+# Status codes -> exceptions, messages, redaction
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, av.BadRequestError),
+        (401, av.AuthenticationError),
+        (403, av.PermissionDeniedError),
+        (404, av.NotFoundError),
+        (409, av.APIStatusError),
+        (410, av.GoneError),
+        (422, av.UnprocessableEntityError),
+        (429, av.RateLimitError),
+        (500, av.InternalServerError),
+        (502, av.InternalServerError),
+        (503, av.InternalServerError),
+        (504, av.InternalServerError),
+    ],
+)
+def test_status_maps_to_exception_class(mock, status, cls):
+    mock.post(SESSIONS, status=status, json={"detail": "nope"}, headers={"x-request-id": "req_7"})
+    with pytest.raises(av.APIStatusError) as info:
+        av.AvaturnClient(KEY, max_retries=0).create_session()
+    error = info.value
+    assert type(error) is cls
+    assert (error.status_code, error.request_id, error.detail) == (status, "req_7", "nope")
+    assert (error.method, error.path) == ("POST", "/api/v1/sessions")
+
+
+def test_status_error_str_renders_fastapi_detail(mock):
+    detail = [
+        {
+            "type": "missing",
+            "loc": ["body", "conversation_engine", "agent_id"],
+            "msg": "Field required",
+        },
+        {"type": "greater_than_equal", "loc": ["body", "max_duration"], "msg": "too small"},
+    ]
+    mock.post(SESSIONS, status=422, json={"detail": detail}, headers={"x-request-id": "req_1"})
+    with pytest.raises(av.UnprocessableEntityError) as info:
+        av.AvaturnClient(KEY).create_session()
+    assert str(info.value) == (
+        "422 Unprocessable Entity (request req_1): "
+        "conversation_engine.agent_id: Field required; max_duration: too small"
+    )
+    assert info.value.errors == detail
+
+
+def test_status_error_str_without_request_id_or_body(mock):
+    mock.post(SESSIONS, status=500, body="")
+    with pytest.raises(av.InternalServerError) as info:
+        av.AvaturnClient(KEY, max_retries=0).create_session()
+    assert str(info.value) == "500 Internal Server Error"
+    assert info.value.request_id is None
+
+
+def test_status_error_from_html_page_is_one_readable_line(mock):
+    page = "<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>"
+    mock.post(SESSIONS, status=502, body=page, content_type="text/html")
+    with pytest.raises(av.InternalServerError) as info:
+        av.AvaturnClient(KEY).create_session()
+    assert str(info.value) == "502 Bad Gateway: 502 Bad Gateway nginx"
+
+
+def test_status_error_redacts_echoed_secrets(mock):
+    engine = av.openai_realtime_engine("ek_ECHOED_SECRET")
+    echoed = {
+        "detail": [
+            {
+                "type": "value_error",
+                "loc": ["body", "conversation_engine"],
+                "msg": f"bad secret ek_ECHOED_SECRET for key {KEY}",
+                "input": engine,
+            }
+        ]
+    }
+    mock.post(SESSIONS, status=422, json=echoed)
+    with pytest.raises(av.UnprocessableEntityError) as info:
+        av.AvaturnClient(KEY).create_session(engine)
+    error = info.value
+    for text in (str(error), repr(error), repr(error.detail), repr(error.errors), repr(error.body)):
+        assert "ek_ECHOED_SECRET" not in text
+        assert KEY not in text
+    assert error.errors[0]["input"] == {"type": "openai-realtime", "client_secret": "***"}
+    assert "bad secret *** for key ***" in str(error)
+
+
+def test_status_error_redacts_external_engine_headers(mock):
+    engine = av.external_engine("wss://bot.example/ws", headers={"X-Api": "hdr-SECRET"})
+    mock.post(SESSIONS, status=400, json={"detail": "rejected header hdr-SECRET", "input": engine})
+    with pytest.raises(av.BadRequestError) as info:
+        av.AvaturnClient(KEY).create_session(engine)
+    assert "hdr-SECRET" not in repr(info.value.body) + str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (b"<html>ok</html>", "not a JSON object"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"session_id": "s1"}', "'token'"),
+        (b'{"token": "t1"}', "'session_id'"),
+        (b'{"session_id": 5, "token": "t1"}', "'session_id'"),
+    ],
+)
+def test_create_session_unusable_2xx_raises_response_error(mock, payload, match):
+    mock.post(SESSIONS, body=payload)
+    if b'"session_id": "s1"' in payload:
+        mock.delete(SESSIONS + "/s1", status=204)
+    with pytest.raises(av.APIResponseError, match=match) as info:
+        av.AvaturnClient(KEY).create_session()
+    assert info.value.session_id is None
+
+
+def test_create_session_without_token_terminates_it_and_says_so_if_it_cannot(mock, sleeps):
+    mock.post(SESSIONS, json={"session_id": "s1"})
+    mock.delete(SESSIONS + "/s1", status=400)
+    with pytest.raises(av.APIResponseError) as info:
+        av.AvaturnClient(KEY).create_session()
+    assert info.value.session_id == "s1"
+
+
+def test_redirect_is_not_followed(mock):
+    mock.post(SESSIONS, status=307, headers={"Location": "https://evil.example/steal"})
+    with pytest.raises(av.APIResponseError, match="redirect") as info:
+        av.AvaturnClient(KEY).create_session()
+    assert info.value.status_code == 307
+    assert len(mock.calls) == 1
+
+
+def test_say_response_without_task_id_raises(mock):
+    mock.post(SESSIONS + "/s1/tasks", json={"ok": True})
+    with pytest.raises(av.APIResponseError, match="task_id"):
+        av.AvaturnClient(KEY).say("s1", "hi")
+
+
+# --------------------------------------------------------------------------- #
+# Retries
+# --------------------------------------------------------------------------- #
+
+CALLS = {
+    "create": ("POST", SESSIONS, lambda c: c.create_session()),
+    "say": ("POST", SESSIONS + "/s1/tasks", lambda c: c.say("s1", "hi")),
+    "terminate": ("DELETE", SESSIONS + "/s1", lambda c: c.terminate_session("s1")),
+}
+
+
+@pytest.mark.parametrize(
+    ("op", "status", "attempts"),
+    [
+        ("create", 429, 3),
+        ("create", 503, 3),
+        ("create", 500, 1),
+        ("create", 502, 1),
+        ("create", 504, 1),
+        ("create", 400, 1),
+        ("say", 429, 3),
+        ("say", 503, 3),
+        ("say", 500, 1),
+        ("say", 502, 1),
+        ("say", 504, 1),
+        ("terminate", 429, 3),
+        ("terminate", 500, 3),
+        ("terminate", 502, 3),
+        ("terminate", 503, 3),
+        ("terminate", 504, 3),
+        ("terminate", 400, 1),
+        ("terminate", 401, 1),
+    ],
+)
+def test_retry_rules_per_method_and_status(mock, sleeps, op, status, attempts):
+    method, url, call = CALLS[op]
+    for _ in range(attempts):
+        mock.add(method, url, status=status, json={"detail": "x"})
+    with pytest.raises(av.APIStatusError) as info:
+        call(av.AvaturnClient(KEY))
+    assert info.value.status_code == status
+    assert len(mock.calls) == attempts
+    assert len(sleeps) == attempts - 1
+
+
+@pytest.mark.parametrize("op", ["create", "say", "terminate"])
+def test_retry_succeeds_after_transient_503(mock, sleeps, op):
+    method, url, call = CALLS[op]
+    mock.add(method, url, status=503)
+    payload = {"create": {"session_id": "s1", "token": "t"}, "say": {"task_id": "k"}}
+    mock.add(method, url, json=payload.get(op, {}))
+    call(av.AvaturnClient(KEY))
+    assert len(mock.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("op", "error", "attempts", "raised"),
+    [
+        ("create", requests.ConnectTimeout("connect"), 3, av.APITimeoutError),
+        ("create", requests.ReadTimeout("read"), 1, av.APITimeoutError),
+        ("create", requests.ConnectionError("reset by peer"), 1, av.APIConnectionError),
+        ("say", requests.ConnectTimeout("connect"), 3, av.APITimeoutError),
+        ("say", requests.ReadTimeout("read"), 1, av.APITimeoutError),
+        ("say", requests.exceptions.ChunkedEncodingError("cut"), 1, av.APIConnectionError),
+        ("terminate", requests.ReadTimeout("read"), 3, av.APITimeoutError),
+        ("terminate", requests.ConnectionError("reset by peer"), 3, av.APIConnectionError),
+    ],
+)
+def test_retry_rules_for_transport_failures(mock, sleeps, op, error, attempts, raised):
+    method, url, call = CALLS[op]
+    for _ in range(attempts):
+        mock.add(method, url, body=error)
+    with pytest.raises(raised):
+        call(av.AvaturnClient(KEY))
+    assert len(mock.calls) == attempts
+
+
+@pytest.mark.parametrize(
+    ("retries_done", "jitter", "delay"),
+    [
+        (0, 0.0, 0.5),
+        (1, 0.0, 1.0),
+        (2, 0.0, 2.0),
+        (3, 0.0, 4.0),
+        (4, 0.0, 8.0),
+        (5, 0.0, 8.0),
+        (0, 1.0, 0.375),
+        (4, 1.0, 6.0),
+    ],
+)
+def test_retry_delay_doubles_to_cap_with_jitter(monkeypatch, retries_done, jitter, delay):
+    monkeypatch.setattr(av, "_random", lambda: jitter)
+    assert av._retry_delay(retries_done, None) == pytest.approx(delay)
+
+
+def test_retry_waits_grow_exponentially(mock, sleeps, monkeypatch):
+    monkeypatch.setattr(av, "_random", lambda: 0.0)
+    for _ in range(5):
+        mock.delete(SESSIONS + "/s1", status=502)
+    with pytest.raises(av.InternalServerError):
+        av.AvaturnClient(KEY, max_retries=4).terminate_session("s1")
+    assert sleeps == [0.5, 1.0, 2.0, 4.0]
+
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        ("-4", 0.0),
+        (email.utils.formatdate(NOW + 7, usegmt=True), 7.0),
+        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("inf", None),
+    ],
+)
+def test_parse_retry_after_seconds_and_http_date(header, seconds):
+    assert av._parse_retry_after(header, now=NOW) == seconds
+
+
+def test_retry_after_seconds_is_honoured(mock, sleeps):
+    mock.post(SESSIONS, status=429, headers={"Retry-After": "2"})
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    av.AvaturnClient(KEY).create_session()
+    assert sleeps == [2.0]
+
+
+def test_retry_after_http_date_is_honoured(mock, sleeps):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    mock.post(SESSIONS, status=503, headers={"Retry-After": when})
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    av.AvaturnClient(KEY).create_session()
+    assert 25 < sleeps[0] <= 30
+
+
+def test_retry_after_over_limit_raises_at_once(mock, sleeps):
+    mock.post(SESSIONS, status=429, headers={"Retry-After": "120"})
+    with pytest.raises(av.RateLimitError) as info:
+        av.AvaturnClient(KEY).create_session()
+    assert info.value.retry_after == 120.0
+    assert sleeps == []
+    assert len(mock.calls) == 1
+
+
+def test_logging_one_debug_line_per_attempt_and_warning_per_retry(mock, sleeps, caplog):
+    caplog.set_level(logging.DEBUG, logger="avaturn_session")
+    mock.delete(SESSIONS + "/s1", status=503)
+    mock.delete(SESSIONS + "/s1", status=204)
+    av.AvaturnClient(KEY).terminate_session("s1")
+    records = [r for r in caplog.records if r.name == "avaturn_session"]
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(debug) == 2
+    assert re.fullmatch(r"DELETE /api/v1/sessions/s1 -> 503 in [\d.]+ ms \(attempt 1\)", debug[0])
+    assert re.fullmatch(r"DELETE /api/v1/sessions/s1 -> 204 in [\d.]+ ms \(attempt 2\)", debug[1])
+    assert len(warnings) == 1
+    assert "503 Service Unavailable" in warnings[0] and "retry 1 of 2" in warnings[0]
+
+
+# --------------------------------------------------------------------------- #
+# The session context manager
+# --------------------------------------------------------------------------- #
+
+
+def test_session_context_terminates_on_success(mock):
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    mock.delete(SESSIONS + "/s1", status=204)
+    with av.AvaturnClient(KEY).session(user_absent_timeout=30) as s:
+        assert s.session_id == "s1"
+
+
+def test_session_context_terminates_when_body_raises(mock):
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    mock.delete(SESSIONS + "/s1", status=204)
+    with pytest.raises(KeyError), av.AvaturnClient(KEY).session():
+        raise KeyError("boom")
+
+
+def test_session_context_body_error_wins_over_terminate_error(mock, sleeps, caplog):
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    mock.delete(SESSIONS + "/s1", status=401)
+    with pytest.raises(KeyError, match="boom"), av.AvaturnClient(KEY).session():
+        raise KeyError("boom")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "s1" in warnings[0].getMessage() and "401" in warnings[0].getMessage()
+
+
+def test_session_context_raises_terminate_error_after_clean_body(mock, sleeps):
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    mock.delete(SESSIONS + "/s1", status=401)
+    with pytest.raises(av.AuthenticationError), av.AvaturnClient(KEY).session():
+        pass
+
+
+# --------------------------------------------------------------------------- #
+# Module-level functions
+# --------------------------------------------------------------------------- #
+
+
+def test_module_functions_use_one_client_from_env(monkeypatch, no_env, mock):
+    monkeypatch.setenv("AVATURN_API_KEY", "env-key")
+    bearer = matchers.header_matcher({"Authorization": "Bearer env-key"}, strict_match=False)
+    engine = av.text_echo_engine("v1")
+    mock.post(
+        SESSIONS,
+        match=[bearer, matchers.json_params_matcher({"conversation_engine": engine})],
+        json={"session_id": "s1", "token": "t"},
+    )
+    mock.post(SESSIONS + "/s1/tasks", match=[bearer], json={"task_id": "k1"})
+    mock.delete(SESSIONS + "/s1", match=[bearer], status=204)
+    created = av.create_session(engine)
+    assert av.say(created.session_id, "hi") == "k1"
+    assert av.terminate_session(created.session_id) is True
+    assert av._default_client is av._client()
+
+
+def test_module_session_context_terminates(monkeypatch, no_env, mock):
+    monkeypatch.setenv("AVATURN_API_KEY", "env-key")
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t"})
+    mock.delete(SESSIONS + "/s1", status=204)
+    with av.session() as s:
+        assert s.token == "t"
+
+
+def test_module_functions_without_key_raise_configuration_error(no_env, mock):
+    with pytest.raises(av.ConfigurationError, match="AVATURN_API_KEY"):
+        av.create_session()
+
+
+@pytest.mark.parametrize("name", ["create_session", "say", "terminate_session", "session"])
+def test_module_functions_take_the_methods_parameters(name):
+    method = inspect.signature(getattr(av.AvaturnClient, name))
+    function = inspect.signature(getattr(av, name))
+    assert list(method.parameters.values())[1:] == list(function.parameters.values())
+
+
+# --------------------------------------------------------------------------- #
+# Credential minting
+# --------------------------------------------------------------------------- #
+
+
+class FakeOpenAI:
+    """Stands in for openai.OpenAI: records create() calls, returns or raises."""
+
+    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
+        self.api_key = "sk-fake-openai"
+        self.calls: list[dict[str, Any]] = []
+        self.closed = False
+        self.result = result if result is not None else SimpleNamespace(value="ek_123")
+        self.error = error
+        self.realtime = SimpleNamespace(client_secrets=SimpleNamespace(create=self._create))
+
+    def _create(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_mint_openai_sends_default_session_and_expiry():
+    client = FakeOpenAI()
+    assert av.mint_openai_client_secret(openai_client=client) == "ek_123"
+    assert client.calls == [
+        {
+            "expires_after": {"seconds": 600, "anchor": "created_at"},
+            "session": {"type": "realtime", "model": "gpt-realtime"},
+        }
+    ]
+    assert client.closed is False
+
+
+def test_mint_openai_adds_type_on_a_copy():
+    client = FakeOpenAI()
+    config = {"model": "gpt-realtime", "instructions": "Be brief."}
+    av.mint_openai_client_secret(config, expires_in=120, openai_client=client)
+    assert client.calls[0]["session"] == {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "instructions": "Be brief.",
+    }
+    assert client.calls[0]["expires_after"]["seconds"] == 120
+    assert config == {"model": "gpt-realtime", "instructions": "Be brief."}
+
+
+@pytest.mark.parametrize("expires_in", [9, 7201, 600.0, True])
+def test_mint_openai_refuses_bad_expiry(expires_in):
+    client = FakeOpenAI()
+    with pytest.raises(av.ConfigurationError, match="expires_in"):
+        av.mint_openai_client_secret(expires_in=expires_in, openai_client=client)
+    assert client.calls == []
+
+
+def test_mint_openai_failure_is_credential_error_without_key():
+    cause = RuntimeError("Incorrect API key provided: sk-fake-openai")
+    with pytest.raises(av.CredentialError) as info:
+        av.mint_openai_client_secret(openai_client=FakeOpenAI(error=cause))
+    assert info.value.provider == "openai"
+    assert info.value.__cause__ is cause
+    assert "sk-fake-openai" not in str(info.value) + repr(info.value)
+
+
+def test_mint_openai_response_without_value_is_credential_error():
+    with pytest.raises(av.CredentialError, match="no client secret"):
+        av.mint_openai_client_secret(openai_client=FakeOpenAI(result=SimpleNamespace(value=None)))
+
+
+def test_mint_openai_without_package_says_how_to_install(no_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(av.ConfigurationError, match=r"pip install 'avaturn-session\[openai\]'"):
+        av.mint_openai_client_secret(api_key="sk-x")
+
+
+def test_mint_openai_without_key_names_the_variable(no_env):
+    pytest.importorskip("openai")
+    with pytest.raises(av.ConfigurationError, match="OPENAI_API_KEY"):
+        av.mint_openai_client_secret()
+
+
+def test_mint_openai_with_real_sdk_against_loopback(no_env, monkeypatch, fake):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    secret = av.mint_openai_client_secret({"model": "gpt-realtime"}, expires_in=60)
+    assert secret.startswith("ek_fake_")
+    assert fake.minted_openai == [
+        {
+            "expires_after": {"seconds": 60, "anchor": "created_at"},
+            "session": {"type": "realtime", "model": "gpt-realtime"},
+        }
+    ]
+    assert fake.last_headers["openai"]["Authorization"] == "Bearer sk-loopback"
+
+
+def test_mint_cartesia_sends_documented_request(no_env, monkeypatch, mock):
+    monkeypatch.setenv("CARTESIA_API_KEY", "ck-1")
+    mock.post(
+        "https://api.cartesia.ai/access-token",
+        match=[
+            matchers.json_params_matcher({"grants": {"agent": True}, "expires_in": 120}),
+            matchers.header_matcher(
+                {"Authorization": "Bearer ck-1", "Cartesia-Version": "2025-04-16"},
+                strict_match=False,
+            ),
+        ],
+        json={"token": "ct_tok"},
+    )
+    assert av.mint_cartesia_access_token(expires_in=120) == "ct_tok"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(401, b'{"error": "bad key ck-2"}'), (500, b"oops"), (200, b"not json"), (200, b"{}")],
+)
+def test_mint_cartesia_failure_is_credential_error_without_key(mock, status, body):
+    mock.post("https://api.cartesia.ai/access-token", status=status, body=body)
+    with pytest.raises(av.CredentialError) as info:
+        av.mint_cartesia_access_token(api_key="ck-2")
+    assert info.value.provider == "cartesia"
+    assert isinstance(info.value.__cause__, av.AvaturnError)
+    assert "ck-2" not in str(info.value) + repr(info.value)
+
+
+def test_mint_cartesia_network_failure_is_credential_error():
+    with pytest.raises(av.CredentialError) as info:
+        av.mint_cartesia_access_token(api_key="ck-3", base_url=closed_port_url())
+    assert isinstance(info.value.__cause__, av.APIConnectionError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"api_key": "ck", "expires_in": 0}, "expires_in"),
+        ({"api_key": "ck", "expires_in": 3601}, "expires_in"),
+        ({"api_key": "ck", "base_url": "http://api.cartesia.ai"}, "https"),
+        ({"api_key": "c k"}, "whitespace"),
+        ({}, "CARTESIA_API_KEY"),
+    ],
+)
+def test_mint_cartesia_refuses_bad_input_before_sending(no_env, mock, kwargs, match):
+    with pytest.raises(av.ConfigurationError, match=match):
+        av.mint_cartesia_access_token(**kwargs)
+    assert len(mock.calls) == 0
+
+
+# --------------------------------------------------------------------------- #
+# Real socket: the fault matrix
+# --------------------------------------------------------------------------- #
+
+LOST = "lost"  # the server did the work, the answer never arrived
+
+# (op, fault) -> (outcome, attempts at the server). outcome is an exception
+# class, or "ok" (the call returned normally).
+FAULT_MATRIX = {
+    ("create", "429"): ("ok", 2),
+    ("create", "503"): ("ok", 2),
+    ("create", "500"): (av.InternalServerError, 1),
+    ("create", "late"): (av.APITimeoutError, 1),
+    ("create", "reset"): (av.APIConnectionError, 1),
+    ("create", "html"): (av.InternalServerError, 1),
+    ("create", "truncated"): (av.APIConnectionError, 1),
+    ("create", "empty"): (av.APIResponseError, 1),
+    ("create", "redirect"): (av.APIResponseError, 1),
+    ("say", "429"): ("ok", 2),
+    ("say", "503"): ("ok", 2),
+    ("say", "500"): (av.InternalServerError, 1),
+    ("say", "late"): (av.APITimeoutError, 1),
+    ("say", "reset"): (av.APIConnectionError, 1),
+    ("say", "html"): (av.InternalServerError, 1),
+    ("say", "truncated"): (av.APIConnectionError, 1),
+    ("say", "empty"): (av.APIResponseError, 1),
+    ("say", "redirect"): (av.APIResponseError, 1),
+    ("terminate", "429"): ("ok", 2),
+    ("terminate", "503"): ("ok", 2),
+    ("terminate", "500"): ("ok", 2),
+    ("terminate", "late"): ("ok", 2),
+    ("terminate", "reset"): ("ok", 2),
+    ("terminate", "html"): ("ok", 2),
+    ("terminate", "truncated"): ("ok", 2),
+    ("terminate", "empty"): ("ok", 1),
+    ("terminate", "redirect"): (av.APIResponseError, 1),
+}
+
+FAULTS = {
+    "429": Fault("status", 429, retry_after="0"),
+    "503": Fault("status", 503),
+    "500": Fault("status", 500),
+    "late": Fault("late"),
+    "reset": Fault("reset"),
+    "html": Fault("html"),
+    "truncated": Fault("truncated"),
+    "empty": Fault("empty"),
+    "redirect": Fault("redirect"),
+}
+
+
+@pytest.mark.parametrize(("op", "fault"), sorted(FAULT_MATRIX))
+def test_fault_matrix_on_real_socket(fake, sleeps, op, fault):
+    client = client_for(fake)
+    held: set[str] = set()
+    if op != "create":
+        held.add(client.create_session().session_id)
+    sid = next(iter(held), "")
+    fake.script(op, FAULTS[fault])
+    expected, attempts = FAULT_MATRIX[(op, fault)]
+    run = {
+        "create": lambda: client.create_session(extra={"ref": 1}),
+        "say": lambda: client.say(sid, "only once"),
+        "terminate": lambda: client.terminate_session(sid),
+    }[op]
+    try:
+        result = run()
+    except av.AvaturnError as exc:
+        assert type(exc) is expected, repr(exc)
+    else:
+        assert expected == "ok"
+        if op == "create":
+            held.add(result.session_id)
+        if op == "terminate":
+            assert result is True  # this call (or its lost first attempt) ended it
+            held.discard(sid)
+    assert fake.attempts[op] == attempts
+    # server-side truth agrees with what the caller was told
+    refs = [s["body"].get("ref") for s in fake.created.values() if s["body"]]
+    assert refs.count(1) <= 1, "a create was replayed"
+    assert Counter(fake.spoken)[(sid, "only once")] <= 1, "a text was spoken twice"
+    lost = set(fake.sessions) - held
+    if lost:
+        assert op == "create" and fault in ("late", "reset", "truncated", "empty")
+        assert len(lost) == 1
+    if op == "terminate" and expected == "ok":
+        assert sid not in fake.sessions
+
+
+def test_connection_refused_is_retried_for_every_call(sleeps):
+    client = av.AvaturnClient(KEY, base_url=closed_port_url())
+    for call in (
+        client.create_session,
+        lambda: client.say("s1", "hi"),
+        lambda: client.terminate_session("s1"),
+    ):
+        sleeps.clear()
+        with pytest.raises(av.APIConnectionError) as info:
+            call()
+        assert info.value.request_sent is False
+        assert len(sleeps) == 2  # three attempts, none reached a server
+
+
+def test_read_timeout_on_real_socket_is_timeout_error_and_not_replayed(fake, sleeps):
+    fake.script("create", Fault("late", delay=0.8))
+    client = client_for(fake, timeout=(2.0, 0.2))
+    started = time.monotonic()
+    with pytest.raises(av.APITimeoutError) as info:
+        client.create_session()
+    assert time.monotonic() - started < 0.75
+    assert info.value.request_sent is True
+    assert fake.attempts["create"] == 1
+
+
+def test_wrong_key_gets_authentication_error_from_fake(fake):
+    with pytest.raises(av.AuthenticationError, match="401 Unauthorized"):
+        av.AvaturnClient("wrong-key", base_url=fake.url).create_session()
+
+
+def test_fake_rejects_unknown_engine_with_fastapi_422(fake):
+    with pytest.raises(av.UnprocessableEntityError) as info:
+        client_for(fake).create_session({"type": "bogus", "client_secret": "ek_zzz"})
+    assert info.value.errors[0]["input"] == {"type": "bogus", "client_secret": "***"}
+
+
+def test_fake_retired_avatar_is_gone_error(fake):
+    with pytest.raises(av.GoneError):
+        client_for(fake).create_session(avatar_id="retired_2023")
+
+
+# --------------------------------------------------------------------------- #
+# Real socket: the context manager under faults
+# --------------------------------------------------------------------------- #
+
+
+def test_session_context_retries_terminate_after_body_error(fake, sleeps):
+    client = client_for(fake)
+    fake.script("terminate", Fault("status", 503))
+    with pytest.raises(RuntimeError, match="body failed"), client.session() as s:
+        raise RuntimeError("body failed")
+    assert s.session_id not in fake.sessions
+    assert fake.attempts["terminate"] == 2
+
+
+def test_session_context_logs_when_terminate_keeps_failing(fake, sleeps, caplog):
+    client = client_for(fake)
+    fake.script("terminate", *[Fault("status", 503)] * 3)
+    with pytest.raises(RuntimeError, match="body failed"), client.session() as s:
+        raise RuntimeError("body failed")
+    assert s.session_id in fake.sessions
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "could not terminate" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and s.session_id in warnings[0]
+
+
+# --------------------------------------------------------------------------- #
+# Real socket: concurrency and keep-alive
+# --------------------------------------------------------------------------- #
+
+
+def run_threads(n: int, target) -> list[BaseException]:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def wrapped() -> None:
+        barrier.wait()
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapped) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
+@pytest.mark.parametrize("shared", ["client", "module"])
+def test_32_threads_share_one_client(fake, caplog, monkeypatch, no_env, shared):
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    client = client_for(fake, timeout=(5.0, 10.0))
+    create = client.create_session if shared == "client" else av.create_session
+    calls_per_thread = 8
+    fake.latency = 0.05
+    started = time.monotonic()
+    errors = run_threads(32, lambda: [create() for _ in range(calls_per_thread)])
+    wall = time.monotonic() - started
+    assert errors == []
+    assert len(fake.created) == 32 * calls_per_thread
+    assert fake.connections <= 32
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+    ideal = calls_per_thread * fake.latency
+    assert wall <= 2.5 * ideal, f"wall {wall:.2f}s vs ideal {ideal:.2f}s"
+
+
+def test_default_client_is_built_once_under_a_race(monkeypatch, no_env):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    built = []
+
+    class Slow(av.AvaturnClient):
+        def __init__(self) -> None:
+            built.append(1)
+            time.sleep(0.05)  # widen the race window
+            super().__init__()
+
+    monkeypatch.setattr(av, "AvaturnClient", Slow)
+    seen: list[av.AvaturnClient] = []
+    assert run_threads(32, lambda: seen.append(av._client())) == []
+    assert len(built) == 1
+    assert len({id(c) for c in seen}) == 1
+
+
+def test_module_functions_keep_one_connection_alive(fake, monkeypatch, no_env):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    for i in range(100):
+        created = av.create_session()
+        av.say(created.session_id, f"line {i}")
+        assert av.terminate_session(created.session_id) is True
+    assert sum(fake.attempts.values()) == 300
+    assert fake.connections == 1
+
+
+# --------------------------------------------------------------------------- #
+# Real socket: soak
+# --------------------------------------------------------------------------- #
+
+SOAK_FAULTS = [
+    Fault("status", 503),
+    Fault("status", 429, retry_after="0"),
+    Fault("status", 500),
+    Fault("status", 502),
+    Fault("reset"),
+    Fault("truncated"),
+    Fault("empty"),
+    Fault("html"),
+    Fault("late", delay=0.3),
+]
+
+
+def test_soak_2000_lifecycles_with_seeded_faults(fake, sleeps):
+    fake.set_chaos(seed=20261124, rate=0.10, faults=SOAK_FAULTS)
+    client = client_for(fake, timeout=(2.0, 0.15))
+    held_alive: set[str] = set()  # ids the caller was told may still be running
+    received: set[str] = set()
+    failures: Counter[str] = Counter()
+    for i in range(2000):
+        try:
+            created = client.create_session(extra={"ref": i})
+        except Exception as exc:
+            assert isinstance(exc, av.AvaturnError), repr(exc)
+            failures[type(exc).__name__] += 1
+            continue
+        received.add(created.session_id)
+        try:
+            client.say(created.session_id, f"text {i}")
+        except Exception as exc:
+            assert isinstance(exc, av.AvaturnError), repr(exc)
+            failures[type(exc).__name__] += 1
+        try:
+            client.terminate_session(created.session_id)
+        except Exception as exc:
+            assert isinstance(exc, av.AvaturnError), repr(exc)
+            failures[type(exc).__name__] += 1
+            held_alive.add(created.session_id)
+    refs = Counter(s["body"]["ref"] for s in fake.created.values())
+    assert max(refs.values()) == 1, "a create was replayed"
+    texts = Counter(text for _, text in fake.spoken)
+    assert max(texts.values()) == 1, "a text was spoken twice"
+    lost_creates = set(fake.created) - received
+    alive = set(fake.sessions)
+    assert alive - lost_creates <= held_alive
+    assert sum(failures.values()) > 100  # the faults really were injected
+    print(f"soak: {dict(failures)}, lost creates {len(lost_creates)}, alive {len(alive)}")
+
+
+# --------------------------------------------------------------------------- #
+# Real socket: secret leak scan
+# --------------------------------------------------------------------------- #
+
+S_AVATURN = "AVK-SENTINEL-1f3b"
+S_OPENAI = "ek_SENTINEL-77aa"
+S_CARTESIA = "CTK-SENTINEL-90c1"
+S_SESSION = "SESSTOK-SENTINEL-5d2e"
+S_OPENAI_KEY = "sk-SENTINEL-OPENAI"
+S_CARTESIA_KEY = "ck-SENTINEL-CARTESIA"
+SENTINELS = (S_AVATURN, S_OPENAI, S_CARTESIA, S_SESSION, S_OPENAI_KEY, S_CARTESIA_KEY)
+
+
+def test_secret_leak_scan(fake, sleeps, caplog, monkeypatch, no_env):
+    caplog.set_level(logging.DEBUG)
+    fake.api_key = S_AVATURN
+    fake.token_factory = lambda n: S_SESSION
+    client = av.AvaturnClient(S_AVATURN, base_url=fake.url, timeout=(2.0, 0.2))
+    held = client.create_session(av.text_echo_engine("v1"))
+    texts: list[str] = [repr(client), repr(held), str(held)]
+    engines = [
+        av.openai_realtime_engine(S_OPENAI),
+        av.cartesia_engine(S_CARTESIA, "agent_1"),
+        {"type": "bogus", "client_secret": S_OPENAI, "access_token": S_CARTESIA},
+    ]
+    calls = [lambda e=e: client.create_session(e) for e in engines]
+    calls += [lambda: client.say(held.session_id, "hi"), lambda: client.terminate_session("x")]
+    faults = [Fault("echo"), Fault("late"), Fault("reset"), Fault("truncated"), Fault("html")]
+    faults += [Fault("empty"), Fault("redirect"), Fault("status", 422), Fault("status", 429)]
+    errors: list[BaseException] = []
+    for call in calls:
+        for fault in faults:
+            for name in ("create", "say", "terminate"):
+                fake.script(name, *[fault] * 3)
+            try:
+                call()
+            except av.AvaturnError as exc:
+                errors.append(exc)
+            for name in ("create", "say", "terminate"):
+                fake.scripts[name].clear()
+    # a wrong key, echoed back by a nasty server
+    fake.script("create", Fault("echo"))
+    with pytest.raises(av.InternalServerError) as info:
+        av.AvaturnClient(S_AVATURN, base_url=fake.url).create_session(engines[0])
+    errors.append(info.value)
+    # minting: Cartesia echoes its key, OpenAI's SDK against the echoing fake
+    fake.script("cartesia", Fault("echo"))
+    with pytest.raises(av.CredentialError) as info:
+        av.mint_cartesia_access_token(api_key=S_CARTESIA_KEY, base_url=fake.url)
+    errors.append(info.value)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    fake.script("openai", *[Fault("echo")] * 3)
+    with pytest.raises(av.CredentialError) as info:
+        av.mint_openai_client_secret(api_key=S_OPENAI_KEY)
+    errors.append(info.value)
+    # the CLI's one-line errors
+    monkeypatch.setenv("AVATURN_API_KEY", S_AVATURN)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    fake.script("say", Fault("echo"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert av.main(["say", held.session_id, "hi"]) == 1
+    texts.append(err.getvalue())
+
+    assert len(errors) > 40
+    texts += [str(e) for e in errors] + [repr(e) for e in errors]
+    texts += [repr(vars(e)) for e in errors]
+    texts += [r.getMessage() for r in caplog.records]
+    for text in texts:
+        for sentinel in SENTINELS:
+            assert sentinel not in text
+
+
+# --------------------------------------------------------------------------- #
+# Command line
+# --------------------------------------------------------------------------- #
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, Any, str]:
+    code = av.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out.strip() else None, err
+
+
+def test_cli_dry_run_openai_needs_no_key_or_network(capsys, no_env, mock):
+    code, out, err = run_cli(
+        capsys, "create", "--dry-run", "--openai", "--voice", "marin", "--user-absent-timeout", "30"
+    )
+    assert (code, err) == (0, "")
+    assert out == {
+        "method": "POST",
+        "url": "https://api.avaturn.live/api/v1/sessions",
+        "json": {
+            "conversation_engine": {
+                "type": "openai-realtime",
+                "client_secret": "<minted at run time>",
+            },
+            "user_absent_timeout": 30,
+        },
+    }
+
+
+def test_cli_dry_run_masks_secrets_in_engine_json(capsys, no_env, monkeypatch, mock):
+    monkeypatch.setenv("AVATURN_BASE_URL", "http://127.0.0.1:9")
+    engine = {"type": "external", "url": "wss://b/ws", "headers": {"X-Key": "hdr-secret"}}
+    code, out, _ = run_cli(capsys, "create", "--dry-run", "--engine", json.dumps(engine))
+    assert code == 0
+    assert out["url"] == "http://127.0.0.1:9/api/v1/sessions"
+    assert out["json"]["conversation_engine"]["headers"] == {"X-Key": "***"}
+
+
+def test_cli_dry_run_cartesia_and_text_echo(capsys, no_env, mock):
+    _, out, _ = run_cli(capsys, "create", "--dry-run", "--cartesia-agent", "agent_9")
+    assert out["json"]["conversation_engine"] == {
+        "type": "cartesia",
+        "access_token": "<minted at run time>",
+        "agent_id": "agent_9",
+    }
+    _, out, _ = run_cli(capsys, "create", "--dry-run", "--text-echo-voice", "v1", "--background", "transparent")
+    assert out["json"] == {
+        "conversation_engine": av.text_echo_engine("v1"),
+        "background": "transparent",
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create", "--dry-run", "--max-duration", "5"],
+        ["create", "--dry-run", "--engine", "{not json"],
+        ["create", "--dry-run", "--engine", '{"type": "openai-realtime"}'],
+        ["create", "--dry-run", "--voice", "marin"],
+        ["create", "--openai", "--cartesia-agent", "a"],
+        ["create", "--background", "blue"],
+        ["launch"],
+        [],
+    ],
+)
+def test_cli_usage_and_configuration_errors_exit_2(capsys, no_env, mock, argv):
+    code = av.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+
+
+def test_cli_configuration_error_is_one_line(capsys, no_env, mock):
+    code, _, err = run_cli(capsys, "create", "--dry-run", "--engine", '{"type": "cartesia"}')
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith("avaturn-session: error: ConfigurationError: ")
+
+
+def test_cli_create_say_terminate_against_fake(capsys, fake, monkeypatch, no_env):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    code, out, _ = run_cli(capsys, "create", "--text-echo-voice", "v1", "--max-duration", "600")
+    assert code == 0
+    assert set(out) == {"session_id", "token", "api_host"}
+    assert out["api_host"] == fake.url
+    assert fake.created[out["session_id"]]["body"]["max_duration"] == 600
+    code, said, _ = run_cli(capsys, "say", out["session_id"], "Hello there")
+    assert code == 0 and said["task_id"].startswith("task_")
+    assert fake.spoken == [(out["session_id"], "Hello there")]
+    assert run_cli(capsys, "terminate", out["session_id"])[:2] == (0, {"terminated": True})
+    assert run_cli(capsys, "terminate", out["session_id"])[:2] == (0, {"terminated": False})
+
+
+def test_cli_create_openai_mints_then_creates(capsys, fake, monkeypatch, no_env):
+    for name, value in [
+        ("AVATURN_API_KEY", KEY),
+        ("AVATURN_BASE_URL", fake.url),
+        ("OPENAI_API_KEY", "sk-1"),
+        ("OPENAI_BASE_URL", fake.url + "/v1"),
+    ]:
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(
+        capsys, "create", "--openai", "--voice", "cedar", "--instructions", "Be brief."
+    )
+    assert code == 0, err
+    assert fake.minted_openai[0]["session"] == {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "instructions": "Be brief.",
+        "audio": {"output": {"voice": "cedar"}},
+    }
+    engine = fake.created[out["session_id"]]["body"]["conversation_engine"]
+    assert engine["type"] == "openai-realtime" and engine["client_secret"].startswith("ek_fake_")
+
+
+def test_cli_create_cartesia_mints_then_creates(capsys, fake, monkeypatch, no_env):
+    for name, value in [
+        ("AVATURN_API_KEY", KEY),
+        ("AVATURN_BASE_URL", fake.url),
+        ("CARTESIA_API_KEY", "ck-1"),
+        ("CARTESIA_BASE_URL", fake.url),
+    ]:
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(capsys, "create", "--cartesia-agent", "agent_7")
+    assert code == 0, err
+    engine = fake.created[out["session_id"]]["body"]["conversation_engine"]
+    assert engine == {"type": "cartesia", "access_token": engine["access_token"], "agent_id": "agent_7"}
+    assert engine["access_token"].startswith("cartesia_tok_")
+
+
+def test_cli_validates_before_minting(capsys, fake, monkeypatch, no_env):
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    code, _, err = run_cli(capsys, "create", "--openai")
+    assert code == 2 and "AVATURN_API_KEY" in err
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    code, _, err = run_cli(capsys, "create", "--openai", "--user-absent-timeout", "3")
+    assert code == 2 and "user_absent_timeout" in err
+    assert fake.attempts["openai"] == 0
+
+
+def test_cli_api_error_exits_1_with_one_line(capsys, fake, monkeypatch, no_env):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    code, out, err = run_cli(capsys, "say", "sess_missing", "hi")
+    assert (code, out) == (1, None)
+    assert err == (
+        "avaturn-session: error: NotFoundError: 404 Not Found (request req_404): "
+        "Session not found\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["create", "say", "terminate"])
+def test_cli_help_has_an_example(capsys, command):
+    assert av.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "example" in out and f"avaturn-session {command}" in out
+
+
+def test_cli_runs_as_python_dash_m(no_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "avaturn_session", "create", "--dry-run", "--text-echo-voice", "v1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["json"]["conversation_engine"]["type"] == "text-echo"
+
+
+# --------------------------------------------------------------------------- #
+# README: every Python snippet runs
+# --------------------------------------------------------------------------- #
+
+
+def readme_snippets() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(readme_snippets())))
+def test_readme_snippet_runs(index, fake, monkeypatch, no_env, sleeps):
+    for name, value in [
+        ("AVATURN_API_KEY", KEY),
+        ("AVATURN_BASE_URL", fake.url),
+        ("OPENAI_API_KEY", "sk-readme"),
+        ("OPENAI_BASE_URL", fake.url + "/v1"),
+        ("CARTESIA_API_KEY", "ck-readme"),
+        ("CARTESIA_BASE_URL", fake.url),
+    ]:
+        monkeypatch.setenv(name, value)
+    namespace: dict[str, Any] = {"__name__": "readme_snippet"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(readme_snippets()[index], f"README.md#{index}", "exec"), namespace)
+        for name, value in list(namespace.items()):
+            if name.startswith("test_") and callable(value):
+                value()
+    assert not fake.sessions, "a README snippet left a session running"
