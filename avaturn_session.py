@@ -9,10 +9,12 @@ One module on ``requests``; ``openai`` is an optional extra, imported lazily.
     secret = av.mint_openai_client_secret({"model": "gpt-realtime"})
     engine = av.openai_realtime_engine(secret)
     with av.session(engine, user_absent_timeout=30) as s:
-        options = s.web_sdk_options()   # {"sessionToken": ..., "apiHost": ...}
-        ...                             # hand `options` to the browser
-        av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
+        options = s.web_sdk_options()  # {"sessionToken": ..., "apiHost": ...}
+        ...  # hand `options` to the browser's `new AvaturnHead(el, options)`
     # leaving the block terminated the session, whatever happened inside
+
+    with av.session(av.text_echo_engine("voice_id")) as s:
+        av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
 
 Keys come from AVATURN_API_KEY, OPENAI_API_KEY and CARTESIA_API_KEY.
 """
@@ -153,12 +155,15 @@ _SECRET_KEYS = frozenset(
     }
 )
 _REDACTED = "***"
-# Session tokens a client remembers so that later error texts can be scrubbed.
+# Session tokens this process remembers so that later error texts can be
+# scrubbed of them, whichever client sees the error.
 _REMEMBERED_TOKENS = 256
 # Longest server detail quoted in an exception message, in characters.
 _MAX_DETAIL_CHARS = 500
 
 _log = logging.getLogger("avaturn_session")
+_seen_tokens: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
+_seen_tokens_lock = threading.Lock()
 
 # --------------------------------------------------------------------------- #
 # Exceptions
@@ -402,7 +407,7 @@ def mint_openai_client_secret(
         openai_client = openai.OpenAI(
             api_key=key, timeout=openai.Timeout(read, connect=connect)
         )
-    secrets = [getattr(openai_client, "api_key", None)]
+    secrets = _known_secrets(api_key, getattr(openai_client, "api_key", None))
     try:
         minted = openai_client.realtime.client_secrets.create(
             expires_after={"seconds": expires_in, "anchor": "created_at"},
@@ -465,7 +470,7 @@ def mint_cartesia_access_token(
                 headers=headers,
                 auth=_BearerAuth(key),
                 timeout=timeout,
-                secrets=lambda: (key,),
+                secrets=lambda: _known_secrets(key),
             )
             token = _json_field(response, "token", "POST", path)
     except AvaturnError as exc:
@@ -512,8 +517,6 @@ class AvaturnClient:
         self._auth = _BearerAuth(key)
         self._owns_http = http is None
         self._http = http if http is not None else _new_http_session()
-        self._tokens: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
-        self._tokens_lock = threading.Lock()
         self._headers_json = {
             "User-Agent": _USER_AGENT,
             "Accept": "application/json",
@@ -574,8 +577,8 @@ class AvaturnClient:
             # The server made a session we cannot use: end it rather than leak it.
             exc.session_id = None if self._terminate_quietly(session_id) else session_id
             raise
-        with self._tokens_lock:
-            self._tokens.append(token)
+        with _seen_tokens_lock:
+            _seen_tokens.append(token)
         return AvaturnSession(
             session_id=session_id, token=token, api_host=self.base_url
         )
@@ -729,8 +732,7 @@ class AvaturnClient:
 
     def _secrets(self, body: Mapping[str, Any] | None) -> tuple[str, ...]:
         """Every credential the library knows of for a request, for redaction."""
-        with self._tokens_lock:
-            found = [self._auth.key, *self._tokens]
+        found = _known_secrets(self._auth.key)
         if body is not None:
             _collect_secrets(body, found)
         return tuple(found)
@@ -996,7 +998,7 @@ def _cli_terminate(
 
 
 def _print_error(exc: BaseException) -> None:
-    secrets = [os.environ.get(name) for name in _KEY_VARIABLES]
+    secrets = _known_secrets(*(os.environ.get(name) for name in _KEY_VARIABLES))
     text = _redact_text(f"{type(exc).__name__}: {exc}", secrets)
     print("avaturn-session: error: " + " ".join(text.split()), file=sys.stderr)
 
@@ -1482,6 +1484,12 @@ def _session_path(session_id: str) -> str:
     if session_id in (".", ".."):
         raise ConfigurationError("session_id must not be '.' or '..'")
     return _PATH_SESSIONS + "/" + urllib.parse.quote(session_id, safe="")
+
+
+def _known_secrets(*extra: str | None) -> list[str]:
+    """``extra`` plus every session token this process has received, for redaction."""
+    with _seen_tokens_lock:
+        return [s for s in (*extra, *_seen_tokens) if s]
 
 
 def _collect_secrets(value: object, found: list[str], secret: bool = False) -> None:
