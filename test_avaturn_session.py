@@ -1896,3 +1896,108 @@ def test_readme_snippet_runs(index, fake, monkeypatch, no_env, sleeps):
             if name.startswith("test_") and callable(value):
                 value()
     assert not fake.sessions, "a README snippet left a session running"
+
+
+# --------------------------------------------------------------------------- #
+# Examples: Flask and Django, through the frameworks' own test clients
+# --------------------------------------------------------------------------- #
+
+
+def load_example(name: str) -> Any:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+
+
+@pytest.fixture
+def example_env(fake, monkeypatch, no_env):
+    """Avaturn through `responses` mocks; OpenAI's HTTP endpoint on the loopback fake
+    (the openai SDK speaks httpx, which `responses` cannot intercept)."""
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-example")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    return fake
+
+
+def example_mocks(mock: responses.RequestsMock) -> None:
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "tok_browser"})
+    mock.post(
+        SESSIONS + "/s1/tasks",
+        match=[matchers.json_params_matcher({"text": "Hello"})],
+        json={"task_id": "task_1"},
+    )
+    mock.delete(SESSIONS + "/s1", status=204)
+
+
+def check_example_created_session(mock: responses.RequestsMock, fake: FakeAvaturn) -> None:
+    sent = json.loads(mock.calls[0].request.body)
+    assert sent["user_absent_timeout"] == 30
+    assert sent["conversation_engine"]["type"] == "openai-realtime"
+    assert sent["conversation_engine"]["client_secret"].startswith("ek_fake_")
+    assert fake.minted_openai[0]["session"]["audio"] == {"output": {"voice": "marin"}}
+
+
+def test_flask_example_full_lifecycle(example_env, mock):
+    example_mocks(mock)
+    client = load_example("flask_app").app.test_client()
+    started = client.post("/avatar/session")
+    assert started.status_code == 200
+    assert started.get_json() == {
+        "session_id": "s1",
+        "sessionToken": "tok_browser",
+        "apiHost": API,
+    }
+    check_example_created_session(mock, example_env)
+    said = client.post("/avatar/session/s1/say", json={"text": "Hello"})
+    assert said.get_json() == {"task_id": "task_1"}
+    assert client.delete("/avatar/session/s1").get_json() == {"terminated": True}
+    assert "AvaturnHead" in client.get("/").get_data(as_text=True)
+
+
+def test_flask_example_errors_are_json_without_secrets(example_env, mock):
+    mock.post(SESSIONS, status=401, json={"detail": f"bad key {KEY}"})
+    client = load_example("flask_app").app.test_client()
+    failed = client.post("/avatar/session")
+    assert failed.status_code == 502
+    assert failed.get_json()["error"] == "AuthenticationError"
+    assert KEY not in failed.get_data(as_text=True)
+    bad = client.post("/avatar/session/s1/say", json={})
+    assert bad.status_code == 400
+    assert bad.get_json()["error"] == "ConfigurationError"
+
+
+def test_django_example_full_lifecycle(example_env, mock):
+    load_example("django_app")
+    from django.test import Client
+
+    example_mocks(mock)
+    client = Client()
+    started = client.post("/avatar/session")
+    assert started.status_code == 200
+    assert started.json() == {"session_id": "s1", "sessionToken": "tok_browser", "apiHost": API}
+    check_example_created_session(mock, example_env)
+    said = client.post(
+        "/avatar/session/s1/say", data={"text": "Hello"}, content_type="application/json"
+    )
+    assert said.json() == {"task_id": "task_1"}
+    assert client.delete("/avatar/session/s1").json() == {"terminated": True}
+
+
+def test_django_example_errors_are_json_without_secrets(example_env, mock, sleeps):
+    load_example("django_app")
+    from django.test import Client
+
+    mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
+    mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
+    mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
+    client = Client()
+    failed = client.post("/avatar/session")
+    assert len(sleeps) == 2
+    assert failed.status_code == 502
+    assert failed.json()["error"] == "InternalServerError"
+    assert KEY not in failed.content.decode()
+    bad = client.post("/avatar/session/s1/say", data="{}", content_type="application/json")
+    assert bad.status_code == 400
+    assert client.get("/avatar/session").status_code == 405
