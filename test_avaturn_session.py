@@ -118,9 +118,15 @@ class FakeAvaturn:
                 fake._handle(self, "DELETE")
 
         self.server = _Server(("127.0.0.1", 0), Handler)
-        self.server.handle_error = lambda *args: None  # resets and late writes are expected
+        self.server.handle_error = lambda *args: (
+            None
+        )  # resets and late writes are expected
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -167,7 +173,9 @@ class FakeAvaturn:
         if fault is not None and fault.kind == "echo":
             with self.lock:
                 tokens = [s["token"] for s in self.created.values()]
-            detail = f"failed for {auth} {' '.join(tokens)} {raw.decode(errors='replace')}"
+            detail = (
+                f"failed for {auth} {' '.join(tokens)} {raw.decode(errors='replace')}"
+            )
             return self._reply(h, 500, {"detail": detail, "input": body})
         if fault is not None and fault.kind == "status":
             extra = [("Retry-After", fault.retry_after)] if fault.retry_after else []
@@ -188,7 +196,9 @@ class FakeAvaturn:
             time.sleep(fault.delay)
             return self._reply(h, status, payload)
         if fault.kind == "reset":
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
             h.connection.close()
             h.close_connection = True
             return None
@@ -212,10 +222,10 @@ class FakeAvaturn:
         parts = path.split("/")
         if method == "POST" and path == "/api/v1/sessions":
             return "create", None
-        if method == "POST" and len(parts) == 6 and path.startswith("/api/v1/sessions/"):
-            if parts[5] == "tasks":
-                return "say", urllib.parse.unquote(parts[4])
-        if method == "DELETE" and len(parts) == 5 and path.startswith("/api/v1/sessions/"):
+        in_sessions = path.startswith("/api/v1/sessions/")
+        if method == "POST" and in_sessions and len(parts) == 6 and parts[5] == "tasks":
+            return "say", urllib.parse.unquote(parts[4])
+        if method == "DELETE" and in_sessions and len(parts) == 5:
             return "terminate", urllib.parse.unquote(parts[4])
         if method == "POST" and path == "/v1/realtime/client_secrets":
             return "openai", None
@@ -230,7 +240,13 @@ class FakeAvaturn:
             n = self._n
             if route == "create":
                 engine = (body or {}).get("conversation_engine")
-                known = ("openai-realtime", "cartesia", "text-echo", "external", "qwen-omni-realtime")
+                known = (
+                    "openai-realtime",
+                    "cartesia",
+                    "text-echo",
+                    "external",
+                    "qwen-omni-realtime",
+                )
                 if engine is not None and engine.get("type") not in known:
                     return 422, {
                         "detail": [
@@ -277,7 +293,13 @@ class FakeAvaturn:
         raw: bytes | None = None,
         content_type: str = "application/json",
     ) -> None:
-        data = raw if raw is not None else b"" if payload is None else json.dumps(payload).encode()
+        data = (
+            raw
+            if raw is not None
+            else b""
+            if payload is None
+            else json.dumps(payload).encode()
+        )
         h.send_response(status)
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
@@ -428,7 +450,11 @@ def test_public_constants_have_documented_values():
     assert av.DEFAULT_BASE_URL == "https://api.avaturn.live"
     assert av.DEFAULT_TIMEOUT == (5.0, 30.0)
     assert av.DEFAULT_MAX_RETRIES == 2
-    assert (av.INITIAL_RETRY_DELAY, av.MAX_RETRY_DELAY, av.MAX_RETRY_AFTER) == (0.5, 8.0, 60.0)
+    assert (av.INITIAL_RETRY_DELAY, av.MAX_RETRY_DELAY, av.MAX_RETRY_AFTER) == (
+        0.5,
+        8.0,
+        60.0,
+    )
     assert av.__version__ == "0.1.0"
 
 
@@ -486,7 +512,9 @@ def test_text_echo_engine_builds_config():
 
 def test_external_engine_builds_config_with_headers_and_rate():
     headers = {"X-Key": "abc"}
-    engine = av.external_engine("wss://bot.example/ws", headers=headers, user_sample_rate=16000)
+    engine = av.external_engine(
+        "wss://bot.example/ws", headers=headers, user_sample_rate=16000
+    )
     assert engine == {
         "type": "external",
         "url": "wss://bot.example/ws",
@@ -507,8 +535,14 @@ def test_external_engine_builds_config_with_headers_and_rate():
         (lambda: av.text_echo_engine(""), "voice_id"),
         (lambda: av.external_engine("https://bot.example/ws"), "ws://"),
         (lambda: av.external_engine("wss://x/ws", headers={"a": 1}), "headers"),
-        (lambda: av.external_engine("wss://x/ws", user_sample_rate=0), "user_sample_rate"),
-        (lambda: av.external_engine("wss://x/ws", user_sample_rate=True), "user_sample_rate"),
+        (
+            lambda: av.external_engine("wss://x/ws", user_sample_rate=0),
+            "user_sample_rate",
+        ),
+        (
+            lambda: av.external_engine("wss://x/ws", user_sample_rate=True),
+            "user_sample_rate",
+        ),
     ],
 )
 def test_engine_helpers_refuse_bad_input(build, match):
@@ -562,7 +596,9 @@ def test_client_without_key_names_the_variable(no_env):
         av.AvaturnClient()
 
 
-@pytest.mark.parametrize("key", ["a b", "a\nb", "a\r\nX-Evil: 1", "a\tb", "kéy", " sk-leaky"])
+@pytest.mark.parametrize(
+    "key", ["a b", "a\nb", "a\r\nX-Evil: 1", "a\tb", "kéy", " sk-leaky"]
+)
 def test_client_refuses_key_with_whitespace_or_control_chars(key):
     with pytest.raises(av.ConfigurationError) as info:
         av.AvaturnClient(key)
@@ -587,13 +623,20 @@ def test_client_refuses_unsafe_base_url(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://localhost:8000", "http://127.0.0.1:9", "http://127.1.2.3", "http://[::1]:8080/"],
+    [
+        "http://localhost:8000",
+        "http://127.0.0.1:9",
+        "http://127.1.2.3",
+        "http://[::1]:8080/",
+    ],
 )
 def test_client_allows_http_for_loopback(url):
     assert av.AvaturnClient(KEY, base_url=url).base_url == url.rstrip("/")
 
 
-@pytest.mark.parametrize("timeout", [None, 0, -1, float("nan"), (1.0,), (1.0, None), "5", True])
+@pytest.mark.parametrize(
+    "timeout", [None, 0, -1, float("nan"), (1.0,), (1.0, None), "5", True]
+)
 def test_client_refuses_bad_timeout(timeout):
     with pytest.raises(av.ConfigurationError, match="timeout"):
         av.AvaturnClient(KEY, timeout=timeout)
@@ -714,7 +757,11 @@ def test_say_posts_text_and_returns_task_id(mock):
 def test_terminate_session_deletes_and_returns_true(mock):
     mock.delete(
         SESSIONS + "/s1",
-        match=[matchers.header_matcher({"Authorization": f"Bearer {KEY}"}, strict_match=False)],
+        match=[
+            matchers.header_matcher(
+                {"Authorization": f"Bearer {KEY}"}, strict_match=False
+            )
+        ],
         status=204,
     )
     assert av.AvaturnClient(KEY).terminate_session("s1") is True
@@ -728,7 +775,12 @@ def test_terminate_session_returns_false_when_already_gone(mock, status):
 
 @pytest.mark.parametrize(
     ("session_id", "encoded"),
-    [("../x", "..%2Fx"), ("a b?c#d", "a%20b%3Fc%23d"), ("s.1", "s.1"), ("a/b", "a%2Fb")],
+    [
+        ("../x", "..%2Fx"),
+        ("a b?c#d", "a%20b%3Fc%23d"),
+        ("s.1", "s.1"),
+        ("a/b", "a%2Fb"),
+    ],
 )
 def test_session_id_is_encoded_as_one_path_segment(mock, session_id, encoded):
     mock.delete(SESSIONS + "/" + encoded, status=204)
@@ -738,7 +790,10 @@ def test_session_id_is_encoded_as_one_path_segment(mock, session_id, encoded):
 
 def test_session_web_sdk_options_and_repr_hide_nothing_but_token():
     s = av.AvaturnSession("s1", "tok-secret", "https://api.avaturn.live")
-    assert s.web_sdk_options() == {"sessionToken": "tok-secret", "apiHost": "https://api.avaturn.live"}
+    assert s.web_sdk_options() == {
+        "sessionToken": "tok-secret",
+        "apiHost": "https://api.avaturn.live",
+    }
     assert "tok-secret" not in repr(s) and "tok-secret" not in str(s)
     with pytest.raises(AttributeError):
         s.token = "x"  # type: ignore[misc]
@@ -827,12 +882,21 @@ def test_say_and_terminate_refuse_bad_input_before_sending(mock, call, match):
     ],
 )
 def test_status_maps_to_exception_class(mock, status, cls):
-    mock.post(SESSIONS, status=status, json={"detail": "nope"}, headers={"x-request-id": "req_7"})
+    mock.post(
+        SESSIONS,
+        status=status,
+        json={"detail": "nope"},
+        headers={"x-request-id": "req_7"},
+    )
     with pytest.raises(av.APIStatusError) as info:
         av.AvaturnClient(KEY, max_retries=0).create_session()
     error = info.value
     assert type(error) is cls
-    assert (error.status_code, error.request_id, error.detail) == (status, "req_7", "nope")
+    assert (error.status_code, error.request_id, error.detail) == (
+        status,
+        "req_7",
+        "nope",
+    )
     assert (error.method, error.path) == ("POST", "/api/v1/sessions")
 
 
@@ -843,9 +907,15 @@ def test_status_error_str_renders_fastapi_detail(mock):
             "loc": ["body", "conversation_engine", "agent_id"],
             "msg": "Field required",
         },
-        {"type": "greater_than_equal", "loc": ["body", "max_duration"], "msg": "too small"},
+        {
+            "type": "greater_than_equal",
+            "loc": ["body", "max_duration"],
+            "msg": "too small",
+        },
     ]
-    mock.post(SESSIONS, status=422, json={"detail": detail}, headers={"x-request-id": "req_1"})
+    mock.post(
+        SESSIONS, status=422, json={"detail": detail}, headers={"x-request-id": "req_1"}
+    )
     with pytest.raises(av.UnprocessableEntityError) as info:
         av.AvaturnClient(KEY).create_session()
     assert str(info.value) == (
@@ -864,7 +934,9 @@ def test_status_error_str_without_request_id_or_body(mock):
 
 
 def test_status_error_from_html_page_is_one_readable_line(mock):
-    page = "<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>"
+    page = (
+        "<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>"
+    )
     mock.post(SESSIONS, status=502, body=page, content_type="text/html")
     with pytest.raises(av.InternalServerError) as info:
         av.AvaturnClient(KEY).create_session()
@@ -887,16 +959,29 @@ def test_status_error_redacts_echoed_secrets(mock):
     with pytest.raises(av.UnprocessableEntityError) as info:
         av.AvaturnClient(KEY).create_session(engine)
     error = info.value
-    for text in (str(error), repr(error), repr(error.detail), repr(error.errors), repr(error.body)):
+    for text in (
+        str(error),
+        repr(error),
+        repr(error.detail),
+        repr(error.errors),
+        repr(error.body),
+    ):
         assert "ek_ECHOED_SECRET" not in text
         assert KEY not in text
-    assert error.errors[0]["input"] == {"type": "openai-realtime", "client_secret": "***"}
+    assert error.errors[0]["input"] == {
+        "type": "openai-realtime",
+        "client_secret": "***",
+    }
     assert "bad secret *** for key ***" in str(error)
 
 
 def test_status_error_redacts_external_engine_headers(mock):
     engine = av.external_engine("wss://bot.example/ws", headers={"X-Api": "hdr-SECRET"})
-    mock.post(SESSIONS, status=400, json={"detail": "rejected header hdr-SECRET", "input": engine})
+    mock.post(
+        SESSIONS,
+        status=400,
+        json={"detail": "rejected header hdr-SECRET", "input": engine},
+    )
     with pytest.raises(av.BadRequestError) as info:
         av.AvaturnClient(KEY).create_session(engine)
     assert "hdr-SECRET" not in repr(info.value.body) + str(info.value)
@@ -921,7 +1006,9 @@ def test_create_session_unusable_2xx_raises_response_error(mock, payload, match)
     assert info.value.session_id is None
 
 
-def test_create_session_without_token_terminates_it_and_says_so_if_it_cannot(mock, sleeps):
+def test_create_session_without_token_terminates_it_and_says_so_if_it_cannot(
+    mock, sleeps
+):
     mock.post(SESSIONS, json={"session_id": "s1"})
     mock.delete(SESSIONS + "/s1", status=400)
     with pytest.raises(av.APIResponseError) as info:
@@ -1006,9 +1093,19 @@ def test_retry_succeeds_after_transient_503(mock, sleeps, op):
         ("create", requests.ConnectionError("reset by peer"), 1, av.APIConnectionError),
         ("say", requests.ConnectTimeout("connect"), 3, av.APITimeoutError),
         ("say", requests.ReadTimeout("read"), 1, av.APITimeoutError),
-        ("say", requests.exceptions.ChunkedEncodingError("cut"), 1, av.APIConnectionError),
+        (
+            "say",
+            requests.exceptions.ChunkedEncodingError("cut"),
+            1,
+            av.APIConnectionError,
+        ),
         ("terminate", requests.ReadTimeout("read"), 3, av.APITimeoutError),
-        ("terminate", requests.ConnectionError("reset by peer"), 3, av.APIConnectionError),
+        (
+            "terminate",
+            requests.ConnectionError("reset by peer"),
+            3,
+            av.APIConnectionError,
+        ),
     ],
 )
 def test_retry_rules_for_transport_failures(mock, sleeps, op, error, attempts, raised):
@@ -1033,7 +1130,9 @@ def test_retry_rules_for_transport_failures(mock, sleeps, op, error, attempts, r
         (4, 1.0, 6.0),
     ],
 )
-def test_retry_delay_doubles_to_cap_with_jitter(monkeypatch, retries_done, jitter, delay):
+def test_retry_delay_doubles_to_cap_with_jitter(
+    monkeypatch, retries_done, jitter, delay
+):
     monkeypatch.setattr(av, "_random", lambda: jitter)
     assert av._retry_delay(retries_done, None) == pytest.approx(delay)
 
@@ -1102,8 +1201,12 @@ def test_logging_one_debug_line_per_attempt_and_warning_per_retry(mock, sleeps, 
     debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert len(debug) == 2
-    assert re.fullmatch(r"DELETE /api/v1/sessions/s1 -> 503 in [\d.]+ ms \(attempt 1\)", debug[0])
-    assert re.fullmatch(r"DELETE /api/v1/sessions/s1 -> 204 in [\d.]+ ms \(attempt 2\)", debug[1])
+    assert re.fullmatch(
+        r"DELETE /api/v1/sessions/s1 -> 503 in [\d.]+ ms \(attempt 1\)", debug[0]
+    )
+    assert re.fullmatch(
+        r"DELETE /api/v1/sessions/s1 -> 204 in [\d.]+ ms \(attempt 2\)", debug[1]
+    )
     assert len(warnings) == 1
     assert "503 Service Unavailable" in warnings[0] and "retry 1 of 2" in warnings[0]
 
@@ -1151,7 +1254,9 @@ def test_session_context_raises_terminate_error_after_clean_body(mock, sleeps):
 
 def test_module_functions_use_one_client_from_env(monkeypatch, no_env, mock):
     monkeypatch.setenv("AVATURN_API_KEY", "env-key")
-    bearer = matchers.header_matcher({"Authorization": "Bearer env-key"}, strict_match=False)
+    bearer = matchers.header_matcher(
+        {"Authorization": "Bearer env-key"}, strict_match=False
+    )
     engine = av.text_echo_engine("v1")
     mock.post(
         SESSIONS,
@@ -1179,7 +1284,9 @@ def test_module_functions_without_key_raise_configuration_error(no_env, mock):
         av.create_session()
 
 
-@pytest.mark.parametrize("name", ["create_session", "say", "terminate_session", "session"])
+@pytest.mark.parametrize(
+    "name", ["create_session", "say", "terminate_session", "session"]
+)
 def test_module_functions_take_the_methods_parameters(name):
     method = inspect.signature(getattr(av.AvaturnClient, name))
     function = inspect.signature(getattr(av, name))
@@ -1200,7 +1307,9 @@ class FakeOpenAI:
         self.closed = False
         self.result = result if result is not None else SimpleNamespace(value="ek_123")
         self.error = error
-        self.realtime = SimpleNamespace(client_secrets=SimpleNamespace(create=self._create))
+        self.realtime = SimpleNamespace(
+            client_secrets=SimpleNamespace(create=self._create)
+        )
 
     def _create(self, **kwargs: Any) -> Any:
         self.calls.append(kwargs)
@@ -1256,12 +1365,16 @@ def test_mint_openai_failure_is_credential_error_without_key():
 
 def test_mint_openai_response_without_value_is_credential_error():
     with pytest.raises(av.CredentialError, match="no client secret"):
-        av.mint_openai_client_secret(openai_client=FakeOpenAI(result=SimpleNamespace(value=None)))
+        av.mint_openai_client_secret(
+            openai_client=FakeOpenAI(result=SimpleNamespace(value=None))
+        )
 
 
 def test_mint_openai_without_package_says_how_to_install(no_env, monkeypatch):
     monkeypatch.setitem(sys.modules, "openai", None)
-    with pytest.raises(av.ConfigurationError, match=r"pip install 'avaturn-session\[openai\]'"):
+    with pytest.raises(
+        av.ConfigurationError, match=r"pip install 'avaturn-session\[openai\]'"
+    ):
         av.mint_openai_client_secret(api_key="sk-x")
 
 
@@ -1290,7 +1403,9 @@ def test_mint_cartesia_sends_documented_request(no_env, monkeypatch, mock):
     mock.post(
         "https://api.cartesia.ai/access-token",
         match=[
-            matchers.json_params_matcher({"grants": {"agent": True}, "expires_in": 120}),
+            matchers.json_params_matcher(
+                {"grants": {"agent": True}, "expires_in": 120}
+            ),
             matchers.header_matcher(
                 {"Authorization": "Bearer ck-1", "Cartesia-Version": "2025-04-16"},
                 strict_match=False,
@@ -1303,7 +1418,12 @@ def test_mint_cartesia_sends_documented_request(no_env, monkeypatch, mock):
 
 @pytest.mark.parametrize(
     ("status", "body"),
-    [(401, b'{"error": "bad key ck-2"}'), (500, b"oops"), (200, b"not json"), (200, b"{}")],
+    [
+        (401, b'{"error": "bad key ck-2"}'),
+        (500, b"oops"),
+        (200, b"not json"),
+        (200, b"{}"),
+    ],
 )
 def test_mint_cartesia_failure_is_credential_error_without_key(mock, status, body):
     mock.post("https://api.cartesia.ai/access-token", status=status, body=body)
@@ -1507,7 +1627,7 @@ def run_threads(n: int, target) -> list[BaseException]:
         barrier.wait()
         try:
             target()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
     threads = [threading.Thread(target=wrapped) for _ in range(n)]
@@ -1592,19 +1712,19 @@ def test_soak_2000_lifecycles_with_seeded_faults(fake, sleeps):
     for i in range(2000):
         try:
             created = client.create_session(extra={"ref": i})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the check is that it is typed
             assert isinstance(exc, av.AvaturnError), repr(exc)
             failures[type(exc).__name__] += 1
             continue
         received.add(created.session_id)
         try:
             client.say(created.session_id, f"text {i}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the check is that it is typed
             assert isinstance(exc, av.AvaturnError), repr(exc)
             failures[type(exc).__name__] += 1
         try:
             client.terminate_session(created.session_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the check is that it is typed
             assert isinstance(exc, av.AvaturnError), repr(exc)
             failures[type(exc).__name__] += 1
             held_alive.add(created.session_id)
@@ -1616,7 +1736,9 @@ def test_soak_2000_lifecycles_with_seeded_faults(fake, sleeps):
     alive = set(fake.sessions)
     assert alive - lost_creates <= held_alive
     assert sum(failures.values()) > 100  # the faults really were injected
-    print(f"soak: {dict(failures)}, lost creates {len(lost_creates)}, alive {len(alive)}")
+    print(
+        f"soak: {dict(failures)}, lost creates {len(lost_creates)}, alive {len(alive)}"
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -1645,9 +1767,23 @@ def test_secret_leak_scan(fake, sleeps, caplog, monkeypatch, no_env):
         {"type": "bogus", "client_secret": S_OPENAI, "access_token": S_CARTESIA},
     ]
     calls = [lambda e=e: client.create_session(e) for e in engines]
-    calls += [lambda: client.say(held.session_id, "hi"), lambda: client.terminate_session("x")]
-    faults = [Fault("echo"), Fault("late"), Fault("reset"), Fault("truncated"), Fault("html")]
-    faults += [Fault("empty"), Fault("redirect"), Fault("status", 422), Fault("status", 429)]
+    calls += [
+        lambda: client.say(held.session_id, "hi"),
+        lambda: client.terminate_session("x"),
+    ]
+    faults = [
+        Fault("echo"),
+        Fault("late"),
+        Fault("reset"),
+        Fault("truncated"),
+        Fault("html"),
+    ]
+    faults += [
+        Fault("empty"),
+        Fault("redirect"),
+        Fault("status", 422),
+        Fault("status", 429),
+    ]
     errors: list[BaseException] = []
     for call in calls:
         for fault in faults:
@@ -1707,7 +1843,14 @@ def run_cli(capsys, *argv: str) -> tuple[int, Any, str]:
 
 def test_cli_dry_run_openai_needs_no_key_or_network(capsys, no_env, mock):
     code, out, err = run_cli(
-        capsys, "create", "--dry-run", "--openai", "--voice", "marin", "--user-absent-timeout", "30"
+        capsys,
+        "create",
+        "--dry-run",
+        "--openai",
+        "--voice",
+        "marin",
+        "--user-absent-timeout",
+        "30",
     )
     assert (code, err) == (0, "")
     assert out == {
@@ -1725,8 +1868,14 @@ def test_cli_dry_run_openai_needs_no_key_or_network(capsys, no_env, mock):
 
 def test_cli_dry_run_masks_secrets_in_engine_json(capsys, no_env, monkeypatch, mock):
     monkeypatch.setenv("AVATURN_BASE_URL", "http://127.0.0.1:9")
-    engine = {"type": "external", "url": "wss://b/ws", "headers": {"X-Key": "hdr-secret"}}
-    code, out, _ = run_cli(capsys, "create", "--dry-run", "--engine", json.dumps(engine))
+    engine = {
+        "type": "external",
+        "url": "wss://b/ws",
+        "headers": {"X-Key": "hdr-secret"},
+    }
+    code, out, _ = run_cli(
+        capsys, "create", "--dry-run", "--engine", json.dumps(engine)
+    )
     assert code == 0
     assert out["url"] == "http://127.0.0.1:9/api/v1/sessions"
     assert out["json"]["conversation_engine"]["headers"] == {"X-Key": "***"}
@@ -1739,7 +1888,15 @@ def test_cli_dry_run_cartesia_and_text_echo(capsys, no_env, mock):
         "access_token": "<minted at run time>",
         "agent_id": "agent_9",
     }
-    _, out, _ = run_cli(capsys, "create", "--dry-run", "--text-echo-voice", "v1", "--background", "transparent")
+    _, out, _ = run_cli(
+        capsys,
+        "create",
+        "--dry-run",
+        "--text-echo-voice",
+        "v1",
+        "--background",
+        "transparent",
+    )
     assert out["json"] == {
         "conversation_engine": av.text_echo_engine("v1"),
         "background": "transparent",
@@ -1768,7 +1925,9 @@ def test_cli_usage_and_configuration_errors_exit_2(capsys, no_env, mock, argv):
 
 
 def test_cli_configuration_error_is_one_line(capsys, no_env, mock):
-    code, _, err = run_cli(capsys, "create", "--dry-run", "--engine", '{"type": "cartesia"}')
+    code, _, err = run_cli(
+        capsys, "create", "--dry-run", "--engine", '{"type": "cartesia"}'
+    )
     assert code == 2
     assert err.count("\n") == 1
     assert err.startswith("avaturn-session: error: ConfigurationError: ")
@@ -1777,7 +1936,9 @@ def test_cli_configuration_error_is_one_line(capsys, no_env, mock):
 def test_cli_create_say_terminate_against_fake(capsys, fake, monkeypatch, no_env):
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
     monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
-    code, out, _ = run_cli(capsys, "create", "--text-echo-voice", "v1", "--max-duration", "600")
+    code, out, _ = run_cli(
+        capsys, "create", "--text-echo-voice", "v1", "--max-duration", "600"
+    )
     assert code == 0
     assert set(out) == {"session_id", "token", "api_host"}
     assert out["api_host"] == fake.url
@@ -1785,8 +1946,14 @@ def test_cli_create_say_terminate_against_fake(capsys, fake, monkeypatch, no_env
     code, said, _ = run_cli(capsys, "say", out["session_id"], "Hello there")
     assert code == 0 and said["task_id"].startswith("task_")
     assert fake.spoken == [(out["session_id"], "Hello there")]
-    assert run_cli(capsys, "terminate", out["session_id"])[:2] == (0, {"terminated": True})
-    assert run_cli(capsys, "terminate", out["session_id"])[:2] == (0, {"terminated": False})
+    assert run_cli(capsys, "terminate", out["session_id"])[:2] == (
+        0,
+        {"terminated": True},
+    )
+    assert run_cli(capsys, "terminate", out["session_id"])[:2] == (
+        0,
+        {"terminated": False},
+    )
 
 
 def test_cli_create_openai_mints_then_creates(capsys, fake, monkeypatch, no_env):
@@ -1808,7 +1975,9 @@ def test_cli_create_openai_mints_then_creates(capsys, fake, monkeypatch, no_env)
         "audio": {"output": {"voice": "cedar"}},
     }
     engine = fake.created[out["session_id"]]["body"]["conversation_engine"]
-    assert engine["type"] == "openai-realtime" and engine["client_secret"].startswith("ek_fake_")
+    assert engine["type"] == "openai-realtime" and engine["client_secret"].startswith(
+        "ek_fake_"
+    )
 
 
 def test_cli_create_cartesia_mints_then_creates(capsys, fake, monkeypatch, no_env):
@@ -1822,7 +1991,11 @@ def test_cli_create_cartesia_mints_then_creates(capsys, fake, monkeypatch, no_en
     code, out, err = run_cli(capsys, "create", "--cartesia-agent", "agent_7")
     assert code == 0, err
     engine = fake.created[out["session_id"]]["body"]["conversation_engine"]
-    assert engine == {"type": "cartesia", "access_token": engine["access_token"], "agent_id": "agent_7"}
+    assert engine == {
+        "type": "cartesia",
+        "access_token": engine["access_token"],
+        "agent_id": "agent_7",
+    }
     assert engine["access_token"].startswith("cartesia_tok_")
 
 
@@ -1858,14 +2031,25 @@ def test_cli_help_has_an_example(capsys, command):
 
 def test_cli_runs_as_python_dash_m(no_env):
     result = subprocess.run(
-        [sys.executable, "-m", "avaturn_session", "create", "--dry-run", "--text-echo-voice", "v1"],
+        [
+            sys.executable,
+            "-m",
+            "avaturn_session",
+            "create",
+            "--dry-run",
+            "--text-echo-voice",
+            "v1",
+        ],
         capture_output=True,
+        check=False,
         text=True,
         cwd=ROOT,
         env={"PATH": "", "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["json"]["conversation_engine"]["type"] == "text-echo"
+    assert (
+        json.loads(result.stdout)["json"]["conversation_engine"]["type"] == "text-echo"
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -1875,7 +2059,7 @@ def test_cli_runs_as_python_dash_m(no_env):
 
 def readme_snippets() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 @pytest.mark.parametrize("index", range(len(readme_snippets())))
@@ -1891,7 +2075,8 @@ def test_readme_snippet_runs(index, fake, monkeypatch, no_env, sleeps):
         monkeypatch.setenv(name, value)
     namespace: dict[str, Any] = {"__name__": "readme_snippet"}
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(readme_snippets()[index], f"README.md#{index}", "exec"), namespace)
+        code = compile(readme_snippets()[index], f"README.md#{index}", "exec")
+        exec(code, namespace)  # noqa: S102 - running the README's own snippets is the test
         for name, value in list(namespace.items()):
             if name.startswith("test_") and callable(value):
                 value()
@@ -1931,7 +2116,9 @@ def example_mocks(mock: responses.RequestsMock) -> None:
     mock.delete(SESSIONS + "/s1", status=204)
 
 
-def check_example_created_session(mock: responses.RequestsMock, fake: FakeAvaturn) -> None:
+def check_example_created_session(
+    mock: responses.RequestsMock, fake: FakeAvaturn
+) -> None:
     sent = json.loads(mock.calls[0].request.body)
     assert sent["user_absent_timeout"] == 30
     assert sent["conversation_engine"]["type"] == "openai-realtime"
@@ -1976,10 +2163,16 @@ def test_django_example_full_lifecycle(example_env, mock):
     client = Client()
     started = client.post("/avatar/session")
     assert started.status_code == 200
-    assert started.json() == {"session_id": "s1", "sessionToken": "tok_browser", "apiHost": API}
+    assert started.json() == {
+        "session_id": "s1",
+        "sessionToken": "tok_browser",
+        "apiHost": API,
+    }
     check_example_created_session(mock, example_env)
     said = client.post(
-        "/avatar/session/s1/say", data={"text": "Hello"}, content_type="application/json"
+        "/avatar/session/s1/say",
+        data={"text": "Hello"},
+        content_type="application/json",
     )
     assert said.json() == {"task_id": "task_1"}
     assert client.delete("/avatar/session/s1").json() == {"terminated": True}
@@ -1998,6 +2191,8 @@ def test_django_example_errors_are_json_without_secrets(example_env, mock, sleep
     assert failed.status_code == 502
     assert failed.json()["error"] == "InternalServerError"
     assert KEY not in failed.content.decode()
-    bad = client.post("/avatar/session/s1/say", data="{}", content_type="application/json")
+    bad = client.post(
+        "/avatar/session/s1/say", data="{}", content_type="application/json"
+    )
     assert bad.status_code == 400
     assert client.get("/avatar/session").status_code == 405

@@ -25,12 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
+import requests
 
-import avaturn_session as av  # noqa: E402
-from test_avaturn_session import KEY, FakeAvaturn  # noqa: E402  (the one fake)
+import avaturn_session as av
+from test_avaturn_session import KEY, FakeAvaturn  # the suite's one fake
 
-BODY = {"conversation_engine": av.text_echo_engine("voice_1"), "user_absent_timeout": 30}
+BODY = {
+    "conversation_engine": av.text_echo_engine("voice_1"),
+    "user_absent_timeout": 30,
+}
 
 
 def per_call_seconds(call: Callable[[], object], calls: int, rounds: int) -> float:
@@ -76,7 +79,7 @@ def threaded(fake: FakeAvaturn, threads: int, calls: int) -> tuple[float, float,
     def work() -> None:
         barrier.wait()
         for _ in range(calls):
-            client.create_session(**{"engine": BODY["conversation_engine"]})
+            client.create_session(BODY["conversation_engine"])
 
     pool = [threading.Thread(target=work) for _ in range(threads)]
     for t in pool:
@@ -129,14 +132,19 @@ def main() -> int:
     rows = [
         ("create_session vs bare Session.post (goal <= 1.10)", ours / floor),
         ("create_session vs new client per call (docs)", ours / docs),
-        ("import avaturn_session vs requests (goal <= 1.25)", ours_import / requests_import),
+        (
+            "import avaturn_session vs requests (goal <= 1.25)",
+            ours_import / requests_import,
+        ),
         ("32 threads x 8 creates, 50 ms fake: wall / ideal", wall / ideal),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"{'measure'.ljust(width)}  ratio")
     for name, ratio in rows:
         print(f"{name.ljust(width)}  {ratio:5.2f}x")
-    print(f"openai imported by 'import avaturn_session': {'yes' if saw_openai else 'no'}")
+    print(
+        f"openai imported by 'import avaturn_session': {'yes' if saw_openai else 'no'}"
+    )
     print(f"TCP connections opened by the 32 threads: {connections}")
     print(
         json.dumps(
