@@ -36,6 +36,7 @@ import re
 import sys
 import threading
 import time
+import typing
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -842,8 +843,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr like every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(
+            f"avaturn-session: error: usage: {message} (see {self.prog} --help)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="avaturn-session",
         description="Create, drive and end Avaturn.Live avatar sessions. "
         "Keys: AVATURN_API_KEY, OPENAI_API_KEY, CARTESIA_API_KEY; "
