@@ -331,8 +331,9 @@ def sleeps(monkeypatch):
     return waits
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_env(monkeypatch):
+    """Every test starts without keys, base URLs, proxies or a shared client."""
     for name in (
         "AVATURN_API_KEY",
         "AVATURN_BASE_URL",
@@ -340,6 +341,12 @@ def no_env(monkeypatch):
         "OPENAI_BASE_URL",
         "CARTESIA_API_KEY",
         "CARTESIA_BASE_URL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(av, "_default_client", None)
@@ -1458,8 +1465,6 @@ def test_mint_cartesia_refuses_bad_input_before_sending(no_env, mock, kwargs, ma
 # --------------------------------------------------------------------------- #
 # Real socket: the fault matrix
 # --------------------------------------------------------------------------- #
-
-LOST = "lost"  # the server did the work, the answer never arrived
 
 # (op, fault) -> (outcome, attempts at the server). outcome is an exception
 # class, or "ok" (the call returned normally).
