@@ -248,6 +248,8 @@ class APIStatusError(AvaturnError):
         self.retry_after = retry_after
         # FastAPI validation items ({"loc", "msg", "type", ...}); empty otherwise.
         self.errors: list[Any] = list(detail) if isinstance(detail, list) else []
+        # Set by the retry loop: an earlier attempt's answer was lost after sending.
+        self._after_lost_attempt = False
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -396,6 +398,7 @@ def mint_openai_client_secret(
     _check_json(config, "session")
     owned = openai_client is None
     if owned:
+        key = _resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key")
         try:
             import openai
         except ImportError:
@@ -403,7 +406,6 @@ def mint_openai_client_secret(
                 "minting an OpenAI client secret needs the openai package: "
                 "pip install 'avaturn-session[openai]'"
             ) from None
-        key = _resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key")
         connect, read = _timeout_pair(DEFAULT_TIMEOUT)
         openai_client = openai.OpenAI(
             api_key=key, timeout=openai.Timeout(read, connect=connect)
@@ -570,7 +572,6 @@ class AvaturnClient:
             extra=extra,
         )
         response = self._request("POST", _PATH_SESSIONS, body)
-        assert response is not None
         session_id = _json_field(response, "session_id", "POST", _PATH_SESSIONS)
         try:
             token = _json_field(response, "token", "POST", _PATH_SESSIONS)
@@ -595,7 +596,6 @@ class AvaturnClient:
         if not text.strip():
             raise ConfigurationError("text must not be blank")
         response = self._request("POST", path, {"text": text})
-        assert response is not None
         return _json_field(response, "task_id", "POST", path)
 
     def terminate_session(self, session_id: str) -> bool:
@@ -606,7 +606,13 @@ class AvaturnClient:
         404 after an attempt whose answer was lost counts as ended by this call.
         """
         path = _session_path(session_id)
-        return self._request("DELETE", path, None, gone_ok=True) is not None
+        try:
+            self._request("DELETE", path, None)
+        except (NotFoundError, GoneError) as gone:
+            # Gone. If an earlier attempt's answer was lost, that attempt most
+            # likely did the work: report the session as ended by this call.
+            return gone._after_lost_attempt
+        return True
 
     @contextlib.contextmanager
     def session(
@@ -664,14 +670,8 @@ class AvaturnClient:
         method: str,
         path: str,
         body: Mapping[str, Any] | None,
-        *,
-        gone_ok: bool = False,
-    ) -> requests.Response | None:
-        """Send with the retry rules; returns the 2xx response.
-
-        With ``gone_ok``, a 404/410 returns ``None``, or the 404/410 response
-        itself when an earlier attempt may already have done the work.
-        """
+    ) -> requests.Response:
+        """Send with the retry rules; returns the 2xx response or raises."""
         data = None if body is None else _encode_json(body, "request body")
         headers = self._headers_plain if data is None else self._headers_json
         url = self.base_url + path
@@ -698,10 +698,8 @@ class AvaturnClient:
                     else type(error.__cause__).__name__
                 )
                 _log_attempt(method, path, outcome, started, retries + 1)
-                if gone_ok and isinstance(error, (NotFoundError, GoneError)):
-                    # Gone. If an earlier attempt's answer was lost, that attempt
-                    # most likely did the work: report it done (an empty stand-in).
-                    return requests.Response() if maybe_done else None
+                if isinstance(error, APIStatusError):
+                    error._after_lost_attempt = maybe_done
                 maybe_done = maybe_done or (
                     isinstance(error, APIConnectionError) and error.request_sent
                 )
