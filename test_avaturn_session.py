@@ -350,6 +350,7 @@ def no_env(monkeypatch):
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(av, "_default_client", None)
+    av._REDACTOR.forget()
 
 
 def client_for(fake: FakeAvaturn, **kwargs: Any) -> av.AvaturnClient:
@@ -384,7 +385,8 @@ SIGNATURES = {
     "mint_openai_client_secret": "(session: 'Mapping[str, Any] | None' = None, *, "
     "expires_in: 'int' = 600, api_key: 'str | None' = None, openai_client: 'Any' = None) -> 'str'",
     "mint_cartesia_access_token": "(*, api_key: 'str | None' = None, expires_in: 'int' = 300, "
-    "base_url: 'str | None' = None, timeout: 'float | tuple[float, float]' = (5.0, 30.0)) -> 'str'",
+    "base_url: 'str | None' = None, timeout: 'float | tuple[float, float]' = (5.0, 30.0), "
+    "deadline: 'float' = 60.0) -> 'str'",
     "create_session": f"({CREATE_PARAMS}) -> 'AvaturnSession'",
     "say": "(session_id: 'str', text: 'str') -> 'str'",
     "terminate_session": "(session_id: 'str') -> 'bool'",
@@ -392,7 +394,7 @@ SIGNATURES = {
     "main": "(argv: 'Sequence[str] | None' = None) -> 'int'",
     "AvaturnClient.__init__": "(self, api_key: 'str | None' = None, *, base_url: 'str | None' = None, "
     "timeout: 'float | tuple[float, float]' = (5.0, 30.0), max_retries: 'int' = 2, "
-    "http: 'requests.Session | None' = None) -> 'None'",
+    "http: 'requests.Session | None' = None, deadline: 'float' = 60.0) -> 'None'",
     "AvaturnClient.create_session": f"(self, {CREATE_PARAMS}) -> 'AvaturnSession'",
     "AvaturnClient.say": "(self, session_id: 'str', text: 'str') -> 'str'",
     "AvaturnClient.terminate_session": "(self, session_id: 'str') -> 'bool'",
@@ -406,10 +408,13 @@ def test_public_all_is_frozen():
     assert sorted(av.__all__) == sorted(
         [
             "DEFAULT_BASE_URL",
+            "DEFAULT_DEADLINE",
             "DEFAULT_MAX_RETRIES",
             "DEFAULT_POOL_MAXSIZE",
             "DEFAULT_TIMEOUT",
             "INITIAL_RETRY_DELAY",
+            "MAX_ERROR_BODY_BYTES",
+            "MAX_RESPONSE_BYTES",
             "MAX_RETRY_AFTER",
             "MAX_RETRY_DELAY",
             "APIConnectionError",
@@ -462,7 +467,9 @@ def test_public_constants_have_documented_values():
         8.0,
         60.0,
     )
-    assert av.__version__ == "0.1.0"
+    assert av.DEFAULT_DEADLINE == 60.0
+    assert (av.MAX_RESPONSE_BYTES, av.MAX_ERROR_BODY_BYTES) == (1024 * 1024, 64 * 1024)
+    assert av.__version__ == "0.2.0"
 
 
 def test_import_does_not_import_openai():
@@ -663,7 +670,7 @@ def test_client_repr_shows_base_url_not_key():
 
 def test_client_pool_serves_32_threads():
     client = av.AvaturnClient(KEY)
-    adapter = client._http.get_adapter(API)
+    adapter = client._transport.http.get_adapter(API)
     assert adapter._pool_maxsize == 32
 
 
@@ -680,10 +687,10 @@ def test_client_closes_only_its_own_session():
         pass
     assert closed == []
     client = av.AvaturnClient(KEY)
-    client._http = Spy()
+    client._transport.http = Spy()
     with client:
         pass
-    assert closed == [client._http]
+    assert closed == [client._transport.http]
 
 
 def test_client_sends_through_given_requests_session(mock):
@@ -711,8 +718,9 @@ def test_create_session_sends_empty_body_and_headers(mock):
             matchers.header_matcher(
                 {
                     "Authorization": f"Bearer {KEY}",
-                    "User-Agent": "avaturn-session/0.1.0",
+                    "User-Agent": f"avaturn-session/{av.__version__}",
                     "Content-Type": "application/json",
+                    "Accept-Encoding": "identity",
                 }
             ),
         ],
@@ -1366,7 +1374,9 @@ def test_mint_openai_failure_is_credential_error_without_key():
     with pytest.raises(av.CredentialError) as info:
         av.mint_openai_client_secret(openai_client=FakeOpenAI(error=cause))
     assert info.value.provider == "openai"
-    assert info.value.__cause__ is cause
+    # the SDK's exception is not chained: its frames hold the request's headers
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert "RuntimeError: Incorrect API key provided: ***" in str(info.value)
     assert "sk-fake-openai" not in str(info.value) + repr(info.value)
 
 
