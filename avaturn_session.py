@@ -39,9 +39,8 @@ import time
 import urllib.parse
 import weakref
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 
 import requests
@@ -88,6 +87,7 @@ __all__ = [
     "RateLimitError",
     "UnprocessableEntityError",
     "cartesia_engine",
+    "close_shared_clients",
     "create_session",
     "external_engine",
     "main",
@@ -140,6 +140,10 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 
 #: Largest error (4xx/5xx) body read, in decoded bytes; the rest is dropped.
 MAX_ERROR_BODY_BYTES = 64 * 1024
+
+# Pooled ``openai.OpenAI`` clients kept per process (one per key and base URL);
+# the least recently used is dropped past this, so many keys never grow memory.
+_OPENAI_POOL_SIZE = 8
 
 # Random part of each backoff delay: the delay is scaled by 1 - JITTER * U[0, 1).
 _JITTER = 0.25
@@ -333,21 +337,49 @@ def _status_message(status: int, request_id: str | None, detail: Any) -> str:
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True)
 class AvaturnSession:
     """A created session: its id, the browser's token and the API host it lives on.
 
-    ``token`` is a credential for the browser only: it is left out of ``repr()``.
+    Immutable, compared and hashed by value. ``token`` is a credential for the
+    browser only: it is left out of ``repr()``.
     """
 
+    __slots__ = ("api_host", "session_id", "token")
+    __match_args__ = ("session_id", "token", "api_host")
+
     session_id: str
-    token: str = field(repr=False)
+    token: str
     api_host: str
+
+    def __init__(self, session_id: str, token: str, api_host: str) -> None:
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "token", token)
+        object.__setattr__(self, "api_host", api_host)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"AvaturnSession is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"AvaturnSession is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not AvaturnSession:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AvaturnSession, self._fields())
 
     def __repr__(self) -> str:
         session_id = getattr(self, "session_id", None)
         api_host = getattr(self, "api_host", None)
         return f"AvaturnSession(session_id={session_id!r}, api_host={api_host!r})"
+
+    def _fields(self) -> tuple[str, str, str]:
+        return (self.session_id, self.token, self.api_host)
 
     def web_sdk_options(self) -> dict[str, str]:
         """Options for ``new AvaturnHead(element, options)`` in the Web SDK."""
@@ -432,8 +464,10 @@ def mint_openai_client_secret(
     ``audio.output.voice``, tools, ...); default ``{"type": "realtime", "model":
     "gpt-realtime"}``; ``"type": "realtime"`` is added when missing (on a copy).
     ``expires_in`` is the lifetime in seconds, 10..7200. ``openai_client`` is a
-    configured ``openai.OpenAI``; otherwise one is made from ``api_key`` or
-    ``OPENAI_API_KEY``, with this module's timeouts. Raises
+    configured ``openai.OpenAI``, used as is and never closed; otherwise a
+    pooled one is used: one per key and ``OPENAI_BASE_URL`` per process, built
+    on first use with this module's timeouts, kept open across calls (see
+    ``close_shared_clients``) and never shared with a forked child. Raises
     ``ConfigurationError`` for bad input, a missing key or a missing ``openai``
     package, and ``CredentialError`` when minting fails.
     """
@@ -447,8 +481,7 @@ def mint_openai_client_secret(
             "session must be a mapping (the Realtime session config)"
         )
     _check_json(config, "session")
-    owned = openai_client is None
-    client = _new_openai_client(api_key) if owned else openai_client
+    client = _OPENAI_POOL.get(api_key) if openai_client is None else openai_client
     failure: str | None = None
     value: object = None
     try:
@@ -461,9 +494,6 @@ def mint_openai_client_secret(
         # Keep the reason, not the exception: its frames hold the request and
         # its Authorization header, which a traceback capturer would record.
         failure = _sdk_failure(exc, api_key, client)
-    finally:
-        if owned:
-            client.close()
     if failure is not None:
         raise CredentialError(
             f"openai: could not mint a Realtime client secret: {failure}",
@@ -488,8 +518,10 @@ def mint_cartesia_access_token(
 
     The key comes from ``api_key`` or ``CARTESIA_API_KEY``; ``base_url`` from the
     argument, ``CARTESIA_BASE_URL`` or ``https://api.cartesia.ai``. ``expires_in``
-    is in seconds, 1..3600. One POST, never retried; ``timeout`` and
-    ``deadline`` (total seconds) as in ``AvaturnClient``. Raises
+    is in seconds, 1..3600. One POST, never retried, sent through one pooled
+    session shared by every mint of the process (cookies refused, replaced in
+    a forked child); ``timeout`` and ``deadline`` (total seconds) as in
+    ``AvaturnClient``. Raises
     ``ConfigurationError`` for bad input and ``CredentialError``
     (``provider="cartesia"``) when minting fails.
     """
@@ -504,7 +536,7 @@ def mint_cartesia_access_token(
         timeout=_check_timeout(timeout),
         deadline=_check_seconds(deadline, "deadline"),
         max_retries=0,
-        http=None,
+        http=_shared_http(),
         headers={"Cartesia-Version": _CARTESIA_VERSION},
     )
     body = {"grants": {"agent": True}, "expires_in": expires_in}
@@ -519,8 +551,6 @@ def mint_cartesia_access_token(
         )
     except AvaturnError as exc:
         token = exc
-    finally:
-        transport.close()
     if isinstance(token, AvaturnError):
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(
@@ -745,6 +775,25 @@ def session(
 ) -> contextlib.AbstractContextManager[AvaturnSession]:
     """``AvaturnClient.session`` on the shared client built from the environment."""
     return _client().session(engine, **options)
+
+
+def close_shared_clients() -> None:
+    """Release the connections of every client the module shares, e.g. at app shutdown.
+
+    That is the client behind the module-level functions, the pooled
+    ``openai.OpenAI`` clients of ``mint_openai_client_secret`` and the session
+    of ``mint_cartesia_access_token``. Each is built again on next use. Call it
+    when no other thread is using them.
+    """
+    global _default_client, _shared_http_session
+    with _default_lock:
+        client, _default_client = _default_client, None
+        http_session, _shared_http_session = _shared_http_session, None
+    if client is not None:
+        client.close()
+    if http_session is not None:
+        http_session.close()
+    _OPENAI_POOL.close()
 
 
 def _client() -> AvaturnClient:
@@ -1031,6 +1080,70 @@ def _new_http_session() -> requests.Session:
         http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
     )
     return http_session
+
+
+_shared_http_session: requests.Session | None = None
+
+
+def _shared_http() -> requests.Session:
+    """The pooled session every Cartesia mint of this process sends through."""
+    global _shared_http_session
+    http_session = _shared_http_session
+    if http_session is None:
+        with _default_lock:
+            if _shared_http_session is None:
+                _shared_http_session = _new_http_session()
+            http_session = _shared_http_session
+    return http_session
+
+
+class _OpenAIPool:
+    """``openai.OpenAI`` clients kept per (key, base URL, organization, project).
+
+    Built lazily and thread-safely, with our timeouts; at most
+    ``_OPENAI_POOL_SIZE``, least recently used dropped first (not closed: a
+    thread may still be using it; its connections close when it is collected).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: OrderedDict[tuple[str | None, ...], Any] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"_OpenAIPool({len(getattr(self, '_clients', ()))} clients)"
+
+    def get(self, api_key: str | None) -> Any:
+        auth = _BearerAuth(
+            _check_key(_resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key"))
+        )
+        openai = _import_openai()  # before the key sits in a plain local below
+        # What openai.OpenAI reads from the environment when it is built.
+        settings = (auth.key, *map(os.environ.get, _OPENAI_SETTINGS))
+        with self._lock:
+            client = self._clients.get(settings)
+            if client is not None:
+                self._clients.move_to_end(settings)
+                return client
+        connect, read = DEFAULT_TIMEOUT
+        timeout = openai.Timeout(read, connect=connect)
+        client = openai.OpenAI(api_key=auth.key, timeout=timeout)
+        with self._lock:
+            client = self._clients.setdefault(settings, client)
+            self._clients.move_to_end(settings)
+            while len(self._clients) > _OPENAI_POOL_SIZE:
+                self._clients.popitem(last=False)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+
+_OPENAI_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")
+_OPENAI_POOL = _OpenAIPool()
 
 
 def _read_body(
@@ -1430,10 +1543,16 @@ _LIVE_TRANSPORTS: weakref.WeakSet[_Transport] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child shares no connection, lock or thread with its parent."""
-    global _default_lock, _WATCHDOG
+    """A forked child shares no connection, lock or thread with its parent.
+
+    The parent's pools are dropped, never closed: closing would not touch the
+    parent's sockets, but nothing of theirs may be used here either.
+    """
+    global _default_lock, _WATCHDOG, _OPENAI_POOL, _shared_http_session
     _default_lock = threading.Lock()
     _WATCHDOG = _Watchdog()
+    _OPENAI_POOL = _OpenAIPool()
+    _shared_http_session = None
     _REDACTOR.reset_lock()
     for transport in list(_LIVE_TRANSPORTS):
         transport.reset_after_fork()
@@ -1822,34 +1941,17 @@ def _sdk_failure(exc: BaseException, api_key: str | None, client: object) -> str
     return _REDACTOR.text(f"{type(exc).__name__}: {exc}", known)
 
 
-def _new_openai_client(api_key: str | None) -> Any:
-    """An ``openai.OpenAI`` with our timeouts, for one mint (closed by the caller).
+def _import_openai() -> Any:
+    """The openai module; ConfigurationError where it is not installed."""
+    import importlib.util
 
-    The key is checked before openai is imported, so a missing key is named
-    even where openai is not installed; it is held only inside ``_BearerAuth``,
-    whose repr hides it.
-    """
-    auth = _BearerAuth(
-        _check_key(_resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key"))
-    )
-    openai = _import_openai()
-    if openai is None:
+    if importlib.util.find_spec("openai") is None:
         raise ConfigurationError(
             "minting an OpenAI client secret needs the openai package: "
             "pip install 'avaturn-session[openai]'"
         )
-    connect, read = DEFAULT_TIMEOUT
-    return openai.OpenAI(
-        api_key=auth.key, timeout=openai.Timeout(read, connect=connect)
-    )
+    import openai
 
-
-def _import_openai() -> Any:
-    """The openai module, or None where it is not installed."""
-    try:
-        import openai
-    except ImportError:
-        return None
     return openai
 
 

@@ -441,7 +441,8 @@ def sleeps(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch):
-    """Every test starts without keys, base URLs, proxies or a shared client."""
+    """Every test starts without keys, base URLs, proxies, shared clients or
+    remembered tokens, and releases the shared clients it built."""
     for name in (
         "AVATURN_API_KEY",
         "AVATURN_BASE_URL",
@@ -458,7 +459,11 @@ def no_env(monkeypatch):
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(av, "_default_client", None)
+    monkeypatch.setattr(av, "_shared_http_session", None)
+    monkeypatch.setattr(av, "_OPENAI_POOL", av._OpenAIPool())
     av._REDACTOR.forget()
+    yield
+    av.close_shared_clients()
 
 
 def client_for(fake: FakeAvaturn, **kwargs: Any) -> av.AvaturnClient:
@@ -500,6 +505,7 @@ SIGNATURES = {
     "terminate_session": "(session_id: 'str') -> 'bool'",
     "session": f"({CREATE_PARAMS}) -> 'contextlib.AbstractContextManager[AvaturnSession]'",
     "main": "(argv: 'Sequence[str] | None' = None) -> 'int'",
+    "close_shared_clients": "() -> 'None'",
     "AvaturnClient.__init__": "(self, api_key: 'str | None' = None, *, base_url: 'str | None' = None, "
     "timeout: 'float | tuple[float, float]' = (5.0, 30.0), max_retries: 'int' = 2, "
     "http: 'requests.Session | None' = None, deadline: 'float' = 60.0) -> 'None'",
@@ -508,7 +514,7 @@ SIGNATURES = {
     "AvaturnClient.terminate_session": "(self, session_id: 'str') -> 'bool'",
     "AvaturnClient.session": f"(self, {CREATE_PARAMS}) -> 'Iterator[AvaturnSession]'",
     "AvaturnClient.close": "(self) -> 'None'",
-    "AvaturnSession": "(session_id: 'str', token: 'str', api_host: 'str') -> None",
+    "AvaturnSession": "(session_id: 'str', token: 'str', api_host: 'str') -> 'None'",
 }
 
 
@@ -543,6 +549,7 @@ def test_public_all_is_frozen():
             "RateLimitError",
             "UnprocessableEntityError",
             "cartesia_engine",
+            "close_shared_clients",
             "create_session",
             "external_engine",
             "main",
@@ -2115,6 +2122,88 @@ def test_mint_openai_with_real_sdk_against_loopback(no_env, monkeypatch, fake):
         }
     ]
     assert fake.last_headers["openai"]["authorization"] == "Bearer sk-loopback"
+
+
+@pytest.fixture
+def openai_fake(monkeypatch):
+    """A fake of its own for OpenAI, so its connection count is OpenAI's alone."""
+    server = FakeAvaturn()
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    yield server
+    server.close()
+
+
+def test_mint_openai_reuses_one_pooled_client(monkeypatch, openai_fake):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-pooled")
+    secrets = [av.mint_openai_client_secret() for _ in range(20)]
+    assert len(set(secrets)) == 20
+    assert openai_fake.attempts["openai"] == 20
+    assert openai_fake.connections == 1
+
+
+def test_mint_openai_pools_per_key_and_stays_bounded(monkeypatch, openai_fake):
+    for n in range(12):
+        av.mint_openai_client_secret(api_key=f"sk-key-{n}")
+    assert len(av._OPENAI_POOL._clients) == av._OPENAI_POOL_SIZE
+    assert openai_fake.connections == 12
+    seen = {h["authorization"] for h in [openai_fake.last_headers["openai"]]}
+    assert seen == {"Bearer sk-key-11"}
+
+
+def test_mint_openai_pool_follows_the_base_url(monkeypatch, openai_fake, fake):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-pooled")
+    av.mint_openai_client_secret()
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    av.mint_openai_client_secret()
+    assert (openai_fake.attempts["openai"], fake.attempts["openai"]) == (1, 1)
+
+
+def test_mint_openai_pool_is_built_once_under_a_race(monkeypatch, openai_fake):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-race")
+    assert run_threads(16, av.mint_openai_client_secret) == []
+    assert len(av._OPENAI_POOL._clients) == 1
+    assert openai_fake.attempts["openai"] == 16
+
+
+def test_mint_openai_never_closes_the_callers_client():
+    client = FakeOpenAI()
+    av.mint_openai_client_secret(openai_client=client)
+    av.close_shared_clients()
+    assert client.closed is False
+
+
+def test_mint_cartesia_reuses_one_pooled_connection(fake):
+    for _ in range(20):
+        av.mint_cartesia_access_token(api_key="ck-pooled", base_url=fake.url)
+    assert fake.attempts["cartesia"] == 20
+    assert fake.connections == 1
+    assert av._shared_http().cookies.get_policy().allowed_domains() == ()
+
+
+def test_close_shared_clients_releases_and_rebuilds(fake, openai_fake, monkeypatch):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-close")
+    av.create_session()
+    av.mint_cartesia_access_token(api_key="ck-close", base_url=fake.url)
+    av.mint_openai_client_secret()
+    av.close_shared_clients()
+    assert av._default_client is None and av._OPENAI_POOL._clients == {}
+    av.create_session()
+    av.mint_cartesia_access_token(api_key="ck-close", base_url=fake.url)
+    av.mint_openai_client_secret()
+    # Avaturn and Cartesia (one fake): 2 connections before, 2 after; OpenAI: 1 + 1
+    assert (fake.connections, openai_fake.connections) == (4, 2)
+
+
+def test_fork_child_mints_openai_on_its_own_connection(monkeypatch, openai_fake):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fork")
+    av.mint_openai_client_secret()
+    in_child(av.mint_openai_client_secret)
+    av.mint_openai_client_secret()
+    parent_first, child, parent_again = ports(openai_fake, "openai")
+    assert child not in (parent_first, parent_again)
+    assert parent_first == parent_again
 
 
 def test_mint_cartesia_sends_documented_request(no_env, monkeypatch, mock):
