@@ -22,6 +22,7 @@ Keys come from AVATURN_API_KEY, OPENAI_API_KEY and CARTESIA_API_KEY.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http
 import http.client
 import http.cookiejar
@@ -147,6 +148,10 @@ _OPENAI_POOL_SIZE = 8
 
 # Random part of each backoff delay: the delay is scaled by 1 - JITTER * U[0, 1).
 _JITTER = 0.25
+
+# Largest integer option accepted where the API sets no bound (a bigger one
+# is a mistake, and one with thousands of digits cannot even be formatted).
+_MAX_INT = 2**31 - 1
 
 # Longest timeout or deadline accepted, in seconds (larger ones overflow the
 # socket layer and never make sense for a web request).
@@ -975,7 +980,8 @@ class _Transport:
         ``gone_ok``: a 404/410 is an answer for the caller, not an error;
         ``body_needed=False``: any 2xx will do, whatever its body.
         """
-        data = None if body is None else _encode_json(body, "request body")
+        # Bodies were validated when they were built (see _check_json).
+        data = None if body is None else _dumps(body)
         headers = self.headers_plain if data is None else self.headers_json
         deadline = _now() + self.deadline
         attempt = 0
@@ -1702,7 +1708,7 @@ def _build_create_body(
                     f"extra repeats {key!r}: pass it as the {_NAMED_FIELDS[key]!r} parameter"
                 )
             body[key] = value
-    _check_json(body, "the create options")
+        _check_json(dict(extra), "extra")  # the engine was checked on its own
     return body
 
 
@@ -1778,10 +1784,10 @@ def _is_utf8(text: str) -> bool:
 
 
 def _check_int(value: object, name: str, low: int, high: int | None) -> int:
-    """An int (not a bool) within [low, high]."""
+    """An int (not a bool) within [low, high]; ``high=None`` means ``_MAX_INT``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(f"{name} must be an integer")
-    if value < low or (high is not None and value > high):
+    if value < low or value > (_MAX_INT if high is None else high):
         bounds = f">= {low}" if high is None else f"in {low}..{high}"
         shown = str(value) if -(10**15) < value < 10**15 else "a huge number"
         raise ConfigurationError(f"{name} must be {bounds}, got {shown}")
@@ -1790,28 +1796,37 @@ def _check_int(value: object, name: str, low: int, high: int | None) -> int:
 
 def _check_json(value: object, name: str) -> None:
     """JSON we can send: plain types, string keys, UTF-8 text, not too deep."""
-    _encode_json(value, name)
-
-
-def _encode_json(value: object, name: str) -> bytes:
     problem = _json_problem(value, 0)
     if problem is None:
         try:
-            return json.dumps(
-                value, allow_nan=False, ensure_ascii=False, separators=(",", ":")
-            ).encode("utf-8")
+            _dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
             problem = _clean(str(exc))[:200]
-    raise ConfigurationError(f"{name} is not JSON-serialisable: {problem}")
+    if problem is not None:
+        raise ConfigurationError(f"{name} is not JSON-serialisable: {problem}")
+
+
+def _dumps(value: object) -> bytes:
+    """Compact UTF-8 JSON, as sent."""
+    return json.dumps(
+        value, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
 
 
 def _json_problem(value: object, depth: int) -> str | None:
-    """Why ``value`` cannot be sent as JSON, or None (iterative depth bound)."""
+    """Why ``value`` cannot be sent as JSON, or None (depth-bounded recursion).
+
+    Checks run most common type first; ``dict`` before the slower ABC check.
+    """
     if depth > _MAX_JSON_DEPTH:
         return f"nested deeper than {_MAX_JSON_DEPTH} levels"
     if isinstance(value, str):
         return None if _is_utf8(value) else "a string is not valid Unicode text"
-    if isinstance(value, Mapping):
+    if value is None or isinstance(value, (bool, float)):
+        return None
+    if isinstance(value, int):
+        return None if -(10**4000) < value < 10**4000 else "an integer is too large"
+    if isinstance(value, (dict, Mapping)):
         for key, item in value.items():
             if not isinstance(key, str):
                 return "object keys must be strings"
@@ -1824,10 +1839,6 @@ def _json_problem(value: object, depth: int) -> str | None:
             problem = _json_problem(item, depth + 1)
             if problem:
                 return problem
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return None if abs(value) < 10**4000 else "an integer is too large"
-    if value is None or isinstance(value, (bool, float)):
         return None
     return f"{type(value).__name__} is not a JSON type"
 
@@ -1843,7 +1854,7 @@ def _check_key(key: object) -> str:
     """Refuse keys that could inject headers or fail to encode."""
     if not isinstance(key, str) or not key:
         raise ConfigurationError("the API key must be a non-empty string")
-    if not all(33 <= ord(c) <= 126 for c in key):
+    if not _KEY_CHARS.fullmatch(key):
         raise ConfigurationError(
             "the API key contains whitespace, control or non-ASCII characters"
         )
@@ -1866,6 +1877,15 @@ def _split_url(url: object, name: str) -> urllib.parse.SplitResult:
 
 def _check_base_url(url: object) -> str:
     """``https://`` URL (``http://`` only for loopback hosts), without a trailing slash."""
+    if not isinstance(url, str):
+        raise ConfigurationError("base_url must be a string")
+    return _checked_base_url(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_base_url(url: str) -> str:
+    """``_check_base_url`` for a string, cached: the same few URLs come back on
+    every call (errors are not cached)."""
     parts = _split_url(url, "base_url")
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
@@ -1987,6 +2007,8 @@ _SECRET_KEYS = frozenset(
 )
 # C0 and C1 control characters: a server's ESC or BEL never reaches a terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What an API key may hold: printable ASCII, no space (no header injection).
+_KEY_CHARS = re.compile(r"[!-~]+")
 _USERINFO = re.compile(r"//[^/@\s]+@")
 _QUERY = re.compile(r"\?[^\s'\")\]]*")
 _TAGS = re.compile(r"<[^>]{0,200}>")
