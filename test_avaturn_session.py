@@ -22,6 +22,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -2204,6 +2205,53 @@ def test_fork_child_mints_openai_on_its_own_connection(monkeypatch, openai_fake)
     parent_first, child, parent_again = ports(openai_fake, "openai")
     assert child not in (parent_first, parent_again)
     assert parent_first == parent_again
+
+
+@pytest.fixture
+def tls_fakes(monkeypatch, tmp_path):
+    """Avaturn, OpenAI and Cartesia fakes over TLS on 127.0.0.1, trusted through
+    the environment as in production (REQUESTS_CA_BUNDLE, SSL_CERT_FILE)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca.cert_pem.bytes())
+    fakes = {name: FakeAvaturn() for name in ("avaturn", "openai", "cartesia")}
+    for fake in fakes.values():
+        fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
+        fake.url = fake.url.replace("http://", "https://")
+    for name, value in {
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "SSL_CERT_FILE": str(bundle),
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fakes["avaturn"].url,
+        "OPENAI_API_KEY": "sk-tls",
+        "OPENAI_BASE_URL": fakes["openai"].url + "/v1",
+        "CARTESIA_API_KEY": "ck-tls",
+        "CARTESIA_BASE_URL": fakes["cartesia"].url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    yield fakes
+    for fake in fakes.values():
+        fake.close()
+
+
+def test_session_starts_over_tls_use_one_connection_per_host(tls_fakes):
+    """The README's two flows, N times: one TLS connection per host, not N."""
+    for _ in range(10):
+        secret = av.mint_openai_client_secret()
+        av.terminate_session(
+            av.create_session(av.openai_realtime_engine(secret)).session_id
+        )
+        token = av.mint_cartesia_access_token()
+        av.create_session(av.cartesia_engine(token, "agent_1"))
+    assert {name: fake.connections for name, fake in tls_fakes.items()} == {
+        "avaturn": 1,
+        "openai": 1,
+        "cartesia": 1,
+    }
+    assert tls_fakes["avaturn"].attempts == Counter(create=20, terminate=10)
 
 
 def test_mint_cartesia_sends_documented_request(no_env, monkeypatch, mock):
