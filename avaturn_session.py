@@ -1093,70 +1093,6 @@ def _new_http_session() -> requests.Session:
     return http_session
 
 
-_shared_http_session: requests.Session | None = None
-
-
-def _shared_http() -> requests.Session:
-    """The pooled session every Cartesia mint of this process sends through."""
-    global _shared_http_session
-    http_session = _shared_http_session
-    if http_session is None:
-        with _default_lock:
-            if _shared_http_session is None:
-                _shared_http_session = _new_http_session()
-            http_session = _shared_http_session
-    return http_session
-
-
-class _OpenAIPool:
-    """``openai.OpenAI`` clients kept per (key, base URL, organization, project).
-
-    Built lazily and thread-safely, with our timeouts; at most
-    ``_OPENAI_POOL_SIZE``, least recently used dropped first (not closed: a
-    thread may still be using it; its connections close when it is collected).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: OrderedDict[tuple[str | None, ...], Any] = OrderedDict()
-
-    def __repr__(self) -> str:
-        return f"_OpenAIPool({len(getattr(self, '_clients', ()))} clients)"
-
-    def get(self, api_key: str | None) -> Any:
-        auth = _BearerAuth(
-            _check_key(_resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key"))
-        )
-        openai = _import_openai()  # before the key sits in a plain local below
-        # What openai.OpenAI reads from the environment when it is built.
-        settings = (auth.key, *map(os.environ.get, _OPENAI_SETTINGS))
-        with self._lock:
-            client = self._clients.get(settings)
-            if client is not None:
-                self._clients.move_to_end(settings)
-                return client
-        connect, read = DEFAULT_TIMEOUT
-        timeout = openai.Timeout(read, connect=connect)
-        client = openai.OpenAI(api_key=auth.key, timeout=timeout)
-        with self._lock:
-            client = self._clients.setdefault(settings, client)
-            self._clients.move_to_end(settings)
-            while len(self._clients) > _OPENAI_POOL_SIZE:
-                self._clients.popitem(last=False)
-        return client
-
-    def close(self) -> None:
-        with self._lock:
-            clients = list(self._clients.values())
-            self._clients.clear()
-        for client in clients:
-            client.close()
-
-
-_OPENAI_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")
-_OPENAI_POOL = _OpenAIPool()
-
-
 def _read_body(
     response: requests.Response, cap: int, deadline: float
 ) -> tuple[bytes, str | None, bool]:
@@ -1414,6 +1350,93 @@ class _BearerAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return "_BearerAuth(***)"
+
+
+# -- pooled minting clients (shared per process) ------------------------------ #
+
+_shared_http_session: requests.Session | None = None
+
+
+def _shared_http() -> requests.Session:
+    """The pooled session every Cartesia mint of this process sends through."""
+    global _shared_http_session
+    http_session = _shared_http_session
+    if http_session is None:
+        with _default_lock:
+            if _shared_http_session is None:
+                _shared_http_session = _new_http_session()
+            http_session = _shared_http_session
+    return http_session
+
+
+class _OpenAIPool:
+    """``openai.OpenAI`` clients kept per (key, base URL, organization, project).
+
+    Built lazily and thread-safely, with our timeouts; at most
+    ``_OPENAI_POOL_SIZE``, least recently used dropped first (not closed: a
+    thread may still be using it; its connections close when it is collected).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: OrderedDict[tuple[str | None, ...], Any] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"_OpenAIPool({len(getattr(self, '_clients', ()))} clients)"
+
+    def get(self, api_key: str | None) -> Any:
+        auth = _BearerAuth(
+            _check_key(_resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key"))
+        )
+        openai = _import_openai()  # before the key sits in a plain local below
+        # What openai.OpenAI reads from the environment when it is built.
+        settings = (auth.key, *map(os.environ.get, _OPENAI_SETTINGS))
+        with self._lock:
+            client = self._clients.get(settings)
+            if client is not None:
+                self._clients.move_to_end(settings)
+                return client
+        connect, read = DEFAULT_TIMEOUT
+        timeout = openai.Timeout(read, connect=connect)
+        client = openai.OpenAI(api_key=auth.key, timeout=timeout)
+        with self._lock:
+            client = self._clients.setdefault(settings, client)
+            self._clients.move_to_end(settings)
+            while len(self._clients) > _OPENAI_POOL_SIZE:
+                self._clients.popitem(last=False)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+
+_OPENAI_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")
+_OPENAI_POOL = _OpenAIPool()
+
+
+def _sdk_failure(exc: BaseException, api_key: str | None, client: object) -> str:
+    """An SDK exception as one redacted line (no key local stays in the caller's frame)."""
+    client_key = getattr(client, "api_key", None)
+    known = (api_key, client_key if isinstance(client_key, str) else None)
+    return _REDACTOR.text(f"{type(exc).__name__}: {exc}", known)
+
+
+def _import_openai() -> Any:
+    """The openai module; ConfigurationError where it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None:
+        raise ConfigurationError(
+            "minting an OpenAI client secret needs the openai package: "
+            "pip install 'avaturn-session[openai]'"
+        )
+    import openai
+
+    return openai
 
 
 # -- the deadline watchdog: bounds a trickle of headers or body -------------- #
@@ -1957,27 +1980,6 @@ def _session_path(session_id: str) -> str:
     if session_id in (".", ".."):
         raise ConfigurationError("session_id must not be '.' or '..'")
     return _PATH_SESSIONS + "/" + urllib.parse.quote(session_id, safe="")
-
-
-def _sdk_failure(exc: BaseException, api_key: str | None, client: object) -> str:
-    """An SDK exception as one redacted line (no key local stays in the caller's frame)."""
-    client_key = getattr(client, "api_key", None)
-    known = (api_key, client_key if isinstance(client_key, str) else None)
-    return _REDACTOR.text(f"{type(exc).__name__}: {exc}", known)
-
-
-def _import_openai() -> Any:
-    """The openai module; ConfigurationError where it is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("openai") is None:
-        raise ConfigurationError(
-            "minting an OpenAI client secret needs the openai package: "
-            "pip install 'avaturn-session[openai]'"
-        )
-    import openai
-
-    return openai
 
 
 # --------------------------------------------------------------------------- #

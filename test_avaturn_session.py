@@ -1455,12 +1455,15 @@ RETRY_TABLE = [
         False,
     ),
 ]
-RETRY_FAULTS = {
+# One fault per name, shared by the retry table and the fault matrix.
+FAULTS = {
     "429": Fault("status", 429, retry_after="0"),
     "503": Fault("status", 503),
     "late": Fault("late", delay=0.6),
     "reset": Fault("reset"),
+    "html": Fault("html"),
     "truncated": Fault("truncated"),
+    "empty": Fault("empty"),
     "redirect": Fault("redirect"),
     **{
         code: Fault("status", int(code))
@@ -1486,7 +1489,7 @@ def test_retry_rules_on_real_socket(fake, sleeps, fault, op, retried):
         client = av.AvaturnClient(KEY, base_url=closed_port_url(), timeout=(2.0, 0.3))
     else:
         client = setup
-        fake.script(op, *[RETRY_FAULTS[fault]] * 3)
+        fake.script(op, *[FAULTS[fault]] * 3)
     run = {
         "create": client.create_session,
         "say": lambda: client.say(sid, "once"),
@@ -1648,18 +1651,6 @@ FAULT_MATRIX = {
     ("terminate", "truncated"): ("ok", 2),
     ("terminate", "empty"): ("ok", 1),
     ("terminate", "redirect"): (av.APIResponseError, 1),
-}
-
-FAULTS = {
-    "429": Fault("status", 429, retry_after="0"),
-    "503": Fault("status", 503),
-    "500": Fault("status", 500),
-    "late": Fault("late"),
-    "reset": Fault("reset"),
-    "html": Fault("html"),
-    "truncated": Fault("truncated"),
-    "empty": Fault("empty"),
-    "redirect": Fault("redirect"),
 }
 
 
