@@ -70,6 +70,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
+    "WEB_SDK_URL",
     "APIConnectionError",
     "APIResponseError",
     "APIStatusError",
@@ -109,6 +110,11 @@ __version__ = "0.2.0"
 
 #: Production Avaturn.Live API; also the Web SDK's default ``apiHost``.
 DEFAULT_BASE_URL = "https://api.avaturn.live"
+
+#: The browser Web SDK, pinned: the one place its version is set. Its
+#: ``dist/main.js`` is a self-contained ES module; serve your own copy by
+#: passing ``sdk_url=`` (or ``AVATURN_SDK_URL`` in the examples).
+WEB_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/main.js"
 
 #: Seconds to wait for a connection, then for each read of the response.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
@@ -389,6 +395,117 @@ class AvaturnSession:
     def web_sdk_options(self) -> dict[str, str]:
         """Options for ``new AvaturnHead(element, options)`` in the Web SDK."""
         return {"sessionToken": self.token, "apiHost": self.api_host}
+
+    def web_sdk_html(
+        self,
+        *,
+        sdk_url: str | None = None,
+        audio: bool = False,
+        width: str = "100%",
+        height: str = "480px",
+    ) -> str:
+        """A complete HTML page that shows this session's avatar with the Web SDK.
+
+        For a notebook (see ``_repr_html_``) or a quick Flask/Django response.
+        ``sdk_url`` defaults to ``AVATURN_SDK_URL``, then the pinned
+        ``WEB_SDK_URL``. ``audio=True`` sends the visitor's microphone; ``width`` and ``height``
+        are CSS lengths of the avatar. Token and host go in as escaped JSON, so
+        no id or token can break out of the script. The page shows a message
+        when the SDK cannot load or connect, and disposes the avatar when it
+        goes away; ending the session stays the backend's job.
+        """
+        sdk_url = sdk_url or os.environ.get("AVATURN_SDK_URL") or WEB_SDK_URL
+        _split_url(sdk_url, "sdk_url")
+        if not sdk_url.startswith(("https://", "http://")):
+            raise ConfigurationError("sdk_url must be an http(s) URL")
+        if not isinstance(audio, bool):
+            raise ConfigurationError("audio must be True or False")
+        size = {"width": width, "height": height}
+        for name, value in size.items():
+            if not isinstance(value, str) or not _CSS_LENGTH.fullmatch(value):
+                raise ConfigurationError(f"{name} must be a CSS length like '480px'")
+        config = {
+            "sdkUrl": sdk_url,
+            "audio": audio,
+            **self.web_sdk_options(),
+        }
+        return _WEB_SDK_PAGE.format(
+            width=width, height=height, config=_script_json(config)
+        )
+
+    def _repr_html_(self) -> str:
+        """The live avatar in a Jupyter cell: ``web_sdk_html`` in an iframe."""
+        import html
+
+        page = html.escape(self.web_sdk_html(height="440px"), quote=True)
+        return (
+            f'<iframe srcdoc="{page}" allow="microphone; autoplay" '
+            'style="width: 100%; height: 480px; border: 0"></iframe>'
+        )
+
+
+# A CSS length for the notebook view: a number and a unit, or a percentage.
+_CSS_LENGTH = re.compile(r"\d{1,5}(\.\d{1,3})?(px|%|em|rem|vh|vw)")
+
+# The page of ``AvaturnSession.web_sdk_html``; ``config`` is escaped JSON.
+_WEB_SDK_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Avaturn avatar</title>
+<style>
+  html, body {{ margin: 0; font: 14px system-ui, sans-serif; }}
+  #avatar {{ width: {width}; height: {height}; background: #111; }}
+  #status {{ margin: 6px 0; color: #555; }}
+  #status.error {{ color: #b00020; }}
+</style>
+</head>
+<body>
+<div id="avatar"></div>
+<p id="status" role="status">Loading the Avaturn Web SDK...</p>
+<script type="module">
+  const config = {config};
+  const status = document.getElementById("status");
+  const show = (text, error = false) => {{
+    status.textContent = text;
+    status.className = error ? "error" : "";
+  }};
+  let head = null;
+  try {{
+    const {{ AvaturnHead }} = await import(config.sdkUrl);
+    head = new AvaturnHead(document.getElementById("avatar"), {{
+      sessionToken: config.sessionToken,
+      apiHost: config.apiHost,
+      audioSource: config.audio,
+    }});
+    show("Connecting to the avatar...");
+    await head.init();
+    show("Connected.");
+  }} catch (error) {{
+    show(head === null
+      ? "Could not load the Avaturn Web SDK from " + config.sdkUrl + "."
+      : "Could not connect to the avatar: " + (error && error.message || error), true);
+  }}
+  window.addEventListener("pagehide", () => head && head.dispose());
+</script>
+</body>
+</html>
+"""
+
+
+def _script_json(value: object) -> str:
+    """JSON safe inside a ``<script>``: no ``</script>``, ``<!--`` or line separator."""
+    text = json.dumps(value)
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, escaped)
+    return text
 
 
 class _CreateOptions(TypedDict, total=False):

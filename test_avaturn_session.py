@@ -20,6 +20,7 @@ import pickle
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -131,6 +132,12 @@ class FakeAvaturn:
         self.peers: list[tuple[str, int]] = []
         # per trickled answer: (bytes to trickle, bytes out before the client hung up)
         self.trickled: list[tuple[int, int]] = []
+        # The browser side: what the Web SDK asked (method, path, token, origin),
+        # every body sent to a browser, the SDK file and a page to serve.
+        self.sdk_calls: list[dict[str, str | None]] = []
+        self.to_browser: list[bytes] = []
+        self.sdk_file: Path | None = None
+        self.page = ""
         self._n = 0
         fake = self
 
@@ -150,7 +157,15 @@ class FakeAvaturn:
                 pass
 
             def do_POST(self) -> None:
+                if self.path.startswith(("/_sdk/", "/_test/")):
+                    return fake._browser(self, "POST")
                 fake._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                fake._browser(self, "GET")
+
+            def do_OPTIONS(self) -> None:
+                fake._browser(self, "OPTIONS")
 
             def do_DELETE(self) -> None:
                 fake._handle(self, "DELETE")
@@ -325,6 +340,70 @@ class FakeAvaturn:
                     h.wfile.write(frame)
         except OSError:
             return
+
+    def _browser(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
+        """What a browser asks: the Web SDK's API (CORS as a browser needs it),
+        the SDK file and a test page."""
+        path = urllib.parse.urlsplit(h.path).path
+        origin = h.headers.get("Origin")
+        cors = [
+            ("Access-Control-Allow-Origin", origin or "*"),
+            ("Access-Control-Allow-Headers", "X-Session-Token, Content-Type"),
+            ("Access-Control-Allow-Methods", "GET, POST, PATCH, OPTIONS"),
+            ("Vary", "Origin"),
+        ]
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        if method == "OPTIONS":
+            return self._reply(h, 204, None, cors)
+        if path == "/_test/sdk.js" and self.sdk_file is not None:
+            data = self.sdk_file.read_bytes()
+            return self._send_browser(h, 200, data, "text/javascript", cors)
+        if path == "/_test/page":
+            return self._send_browser(h, 200, self.page.encode(), "text/html", cors)
+        token = h.headers.get("X-Session-Token")
+        with self.lock:
+            self.sdk_calls.append(
+                {"method": method, "path": path, "token": token, "origin": origin}
+            )
+            live = {r["token"]: sid for sid, r in self.sessions.items()}
+        sid = live.get(token or "")
+        if sid is None:
+            payload: Any = {"detail": "invalid session token"}
+            return self._send_browser(
+                h, 401, json.dumps(payload).encode(), "application/json", cors
+            )
+        if method == "GET" and path == "/_sdk/v0/sessions":
+            payload = {
+                "id": sid,
+                "limited_access_token": f"daily_{sid}",
+                "room_url": "https://127.0.0.1:9/room",  # nothing listens: no video here
+                "session_config": {"uses_stacked_alpha": False},
+            }
+        elif method == "POST" and path == "/_sdk/v0/sessions/tasks":
+            text = json.loads(raw or b"{}").get("text", "")
+            with self.lock:
+                self.spoken.append((sid, text))
+            payload = {"task_id": f"task_sdk_{len(self.spoken)}"}
+        else:
+            payload = {"detail": "Not Found"}
+            return self._send_browser(
+                h, 404, json.dumps(payload).encode(), "application/json", cors
+            )
+        self._send_browser(
+            h, 200, json.dumps(payload).encode(), "application/json", cors
+        )
+
+    def _send_browser(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        with self.lock:
+            self.to_browser.append(data)
+        self._reply(h, status, raw=data, headers=headers, content_type=content_type)
 
     @staticmethod
     def _route(method: str, path: str) -> tuple[str | None, str | None]:
@@ -3017,6 +3096,8 @@ def test_readme_snippet_runs(index, fake, monkeypatch, no_env, sleeps):
 
 
 def load_example(name: str) -> Any:
+    """A fresh import of an example app (Django's settings stay per process)."""
+    sys.modules.pop(name, None)
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         return importlib.import_module(name)
@@ -3031,17 +3112,12 @@ def example_env(fake, monkeypatch, no_env):
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-example")
     monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    monkeypatch.setenv("FLASK_SECRET_KEY", "flask-test-secret")
     return fake
 
 
-def example_mocks(mock: responses.RequestsMock) -> None:
-    mock.post(SESSIONS, json={"session_id": "s1", "token": "tok_browser"})
-    mock.post(
-        SESSIONS + "/s1/tasks",
-        match=[matchers.json_params_matcher({"text": "Hello"})],
-        json={"task_id": "task_1"},
-    )
-    mock.delete(SESSIONS + "/s1", status=204)
+def created(mock: responses.RequestsMock, sid: str) -> None:
+    mock.post(SESSIONS, json={"session_id": sid, "token": f"tok_{sid}"})
 
 
 def check_example_created_session(
@@ -3054,73 +3130,451 @@ def check_example_created_session(
     assert fake.minted_openai[0]["session"]["audio"] == {"output": {"voice": "marin"}}
 
 
-def test_flask_example_full_lifecycle(example_env, mock):
-    example_mocks(mock)
-    client = load_example("flask_app").app.test_client()
-    started = client.post("/avatar/session")
+class FlaskVisitor:
+    """One browser's worth of cookies against the Flask example."""
+
+    def __init__(self, app: Any) -> None:
+        self.client = app.test_client()
+
+    def start(self) -> Any:
+        return self.client.post("/avatar/session", json={})
+
+    def say(self, sid: str, text: str = "Hello") -> Any:
+        return self.client.post(f"/avatar/session/{sid}/say", json={"text": text})
+
+    def end(self, sid: str) -> Any:
+        return self.client.delete(f"/avatar/session/{sid}", json={})
+
+    def leave(self, sid: str) -> Any:
+        return self.client.post(f"/avatar/session/{sid}/end", data="")
+
+
+class DjangoVisitor:
+    """One browser's worth of cookies against the Django example, CSRF checks on."""
+
+    def __init__(self) -> None:
+        from django.test import Client
+
+        self.client = Client(enforce_csrf_checks=True)
+        page = self.client.get("/").content.decode()
+        match = re.search(
+            r'<script id="config" type="application/json">(.*?)</script>', page
+        )
+        assert match, page[:300]
+        self.config = json.loads(match.group(1))
+        self.headers = {"HTTP_X_CSRFTOKEN": self.config["csrfToken"]}
+
+    def start(self) -> Any:
+        return self.client.post(
+            "/avatar/session", data={}, content_type="application/json", **self.headers
+        )
+
+    def say(self, sid: str, text: str = "Hello") -> Any:
+        return self.client.post(
+            f"/avatar/session/{sid}/say",
+            data={"text": text},
+            content_type="application/json",
+            **self.headers,
+        )
+
+    def end(self, sid: str) -> Any:
+        return self.client.delete(f"/avatar/session/{sid}", **self.headers)
+
+    def leave(self, sid: str) -> Any:
+        token = self.config["csrfToken"]
+        return self.client.post(
+            f"/avatar/session/{sid}/end", data={"csrfmiddlewaretoken": token}
+        )
+
+
+@pytest.fixture(params=["flask", "django"])
+def visitor(request, example_env):
+    """A factory of visitors (separate cookies) for either example."""
+    if request.param == "flask":
+        app = load_example("flask_app").app
+        return lambda: FlaskVisitor(app)
+    load_example("django_app")
+    return DjangoVisitor
+
+
+def json_of(response: Any) -> Any:
+    return json.loads(
+        response.get_data() if hasattr(response, "get_data") else response.content
+    )
+
+
+def test_example_full_lifecycle(visitor, mock, example_env):
+    created(mock, "s1")
+    mock.post(
+        SESSIONS + "/s1/tasks",
+        match=[matchers.json_params_matcher({"text": "Hello"})],
+        json={"task_id": "task_1"},
+    )
+    mock.delete(SESSIONS + "/s1", status=204)
+    alice = visitor()
+    started = alice.start()
     assert started.status_code == 200
-    assert started.get_json() == {
+    assert json_of(started) == {
         "session_id": "s1",
-        "sessionToken": "tok_browser",
+        "sessionToken": "tok_s1",
         "apiHost": API,
     }
     check_example_created_session(mock, example_env)
-    said = client.post("/avatar/session/s1/say", json={"text": "Hello"})
-    assert said.get_json() == {"task_id": "task_1"}
-    assert client.delete("/avatar/session/s1").get_json() == {"terminated": True}
-    assert "AvaturnHead" in client.get("/").get_data(as_text=True)
+    assert json_of(alice.say("s1")) == {"task_id": "task_1"}
+    assert json_of(alice.end("s1")) == {"terminated": True}
+    assert alice.end("s1").status_code == 404  # no longer hers: nothing sent
 
 
-def test_flask_example_errors_are_json_without_secrets(example_env, mock):
-    mock.post(SESSIONS, status=401, json={"detail": f"bad key {KEY}"})
+def test_example_sessions_belong_to_their_visitor(visitor, mock):
+    created(mock, "s1")
+    alice, mallory = visitor(), visitor()
+    alice.start()
+    for attempt in (mallory.say("s1"), mallory.end("s1"), mallory.leave("s1")):
+        assert attempt.status_code == 404
+        assert KEY not in str(json_of(attempt))
+    assert len(mock.calls) == 1  # only Alice's create reached Avaturn
+
+
+def test_example_one_live_session_per_visitor(visitor, mock):
+    created(mock, "s1")
+    mock.delete(SESSIONS + "/s1", status=204)
+    created(mock, "s2")
+    alice = visitor()
+    alice.start()
+    assert json_of(alice.start())["session_id"] == "s2"
+    assert [c.request.method for c in mock.calls] == ["POST", "DELETE", "POST"]
+    assert alice.say("s1").status_code == 404
+
+
+def test_example_tab_close_beacon_ends_the_session(visitor, mock):
+    created(mock, "s1")
+    mock.delete(SESSIONS + "/s1", status=204)
+    alice = visitor()
+    alice.start()
+    left = alice.leave("s1")
+    assert left.status_code == 200 and json_of(left) == {"terminated": True}
+
+
+def test_example_errors_are_json_without_secrets(visitor, mock, sleeps):
+    for _ in range(3):
+        mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
+    failed = visitor().start()
+    assert failed.status_code == 502
+    assert json_of(failed)["error"] == "InternalServerError"
+    assert KEY not in str(json_of(failed))
+
+
+def test_flask_example_refuses_cross_site_requests(example_env, mock):
     client = load_example("flask_app").app.test_client()
-    failed = client.post("/avatar/session")
-    assert failed.status_code == 502
-    assert failed.get_json()["error"] == "AuthenticationError"
-    assert KEY not in failed.get_data(as_text=True)
-    bad = client.post("/avatar/session/s1/say", json={})
-    assert bad.status_code == 400
-    assert bad.get_json()["error"] == "ConfigurationError"
+    refusals = [
+        client.post("/avatar/session", data="x", content_type="text/plain"),
+        client.post(
+            "/avatar/session", json={}, headers={"Sec-Fetch-Site": "cross-site"}
+        ),
+        client.post(
+            "/avatar/session", json={}, headers={"Origin": "https://evil.example"}
+        ),
+        client.post("/avatar/session/s1/end", headers={"Sec-Fetch-Site": "cross-site"}),
+    ]
+    assert [r.status_code for r in refusals] == [415, 403, 403, 403]
+    assert len(mock.calls) == 0
 
 
-def test_django_example_full_lifecycle(example_env, mock):
+def test_django_example_keeps_csrf_protection_on(example_env, mock):
     load_example("django_app")
     from django.test import Client
 
-    example_mocks(mock)
-    client = Client()
-    started = client.post("/avatar/session")
-    assert started.status_code == 200
-    assert started.json() == {
-        "session_id": "s1",
-        "sessionToken": "tok_browser",
-        "apiHost": API,
+    forged = Client(enforce_csrf_checks=True).post(
+        "/avatar/session", data={}, content_type="application/json"
+    )
+    assert forged.status_code == 403
+    assert len(mock.calls) == 0
+
+
+def test_flask_example_signs_cookies_with_the_configured_key(
+    example_env, monkeypatch, caplog
+):
+    assert load_example("flask_app").app.secret_key == "flask-test-secret"
+    monkeypatch.delenv("FLASK_SECRET_KEY")
+    app = load_example("flask_app").app
+    assert len(app.secret_key) == 64
+    assert "FLASK_SECRET_KEY is not set" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["flask_app", "django_app"])
+def test_example_page_pins_the_sdk_and_holds_no_key(example_env, monkeypatch, name):
+    if name == "flask_app":
+        page = load_example(name).app.test_client().get("/").get_data(as_text=True)
+    else:
+        load_example(name)
+        from django.test import Client
+
+        page = Client().get("/").content.decode()
+    assert "@avaturn-live/web-sdk@0.3.7" in page and "AvaturnHead" in page
+    assert "sendBeacon" in page and "pagehide" in page
+    assert KEY not in page and "sk-example" not in page
+    monkeypatch.setenv("AVATURN_SDK_URL", "http://127.0.0.1:1/sdk.js</script>")
+    if name == "flask_app":
+        page = load_example(name).app.test_client().get("/").get_data(as_text=True)
+    else:
+        page = Client().get("/").content.decode()
+    assert "http://127.0.0.1:1/sdk.js\\u003c/script\\u003e" in page
+
+
+# --------------------------------------------------------------------------- #
+# In a real browser: the Web SDK end to end (headless Chromium, the real SDK)
+# --------------------------------------------------------------------------- #
+
+SDK_CACHE = Path(
+    os.environ.get("AVATURN_SDK_CACHE")
+    or Path.home() / ".cache" / "avaturn-session-tests"
+)
+SDK_FILE = SDK_CACHE / "node_modules" / "@avaturn-live" / "web-sdk" / "dist" / "main.js"
+BROWSER_SETUP = (
+    "apt-get install chromium chromium-driver && "
+    "npm install --prefix ~/.cache/avaturn-session-tests @avaturn-live/web-sdk@0.3.7"
+)
+# As the workplace's own probe runs it: no sandbox as root, nothing fetched on start.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+)
+OPENAI_KEY = "sk-BROWSER-SENTINEL"
+
+
+def need_for_browser(ok: object, what: str) -> None:
+    """Skip with the install command on a developer machine; fail in CI."""
+    if ok:
+        return
+    reason = f"browser test needs {what}: {BROWSER_SETUP}"
+    if os.environ.get("CI") == "true":
+        pytest.fail("a browser test would be skipped in CI: " + reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browsers(tmp_path):
+    """Launch headless Chromium windows, each a separate visitor (own profile)."""
+    need_for_browser(
+        shutil.which("chromium") and shutil.which("chromedriver"), "Chromium"
+    )
+    need_for_browser(SDK_FILE.is_file(), "@avaturn-live/web-sdk 0.3.7 from npm")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        need_for_browser(False, "selenium (pip install '.[test]')")
+    launched: list[Any] = []
+
+    def launch() -> Any:
+        options = Options()
+        options.binary_location = shutil.which("chromium")
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={tmp_path / f'profile{len(launched)}'}")
+        service = Service(executable_path=shutil.which("chromedriver"))
+        driver = webdriver.Chrome(service=service, options=options)
+        driver.set_page_load_timeout(30)
+        driver.set_script_timeout(30)
+        launched.append(driver)
+        return driver
+
+    yield launch
+    for driver in launched:
+        driver.quit()
+
+
+class Recorded:
+    """A WSGI app that keeps every body it sends to a browser."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sent: list[bytes] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        body = b"".join(self.app(environ, start_response))
+        self.sent.append(body)
+        return [body]
+
+
+@pytest.fixture
+def serve_wsgi():
+    """Serve WSGI apps on 127.0.0.1 (threaded werkzeug); returns their base URL."""
+    from werkzeug.serving import make_server
+
+    servers: list[Any] = []
+
+    def serve(app: Any) -> str:
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def until(condition: Any, what: str, limit: float = 20.0) -> Any:
+    """Wait for something a real browser does; fail with `what` if it never does."""
+    wait_for(condition, limit)
+    value = condition()
+    assert value, f"timed out waiting for {what}"
+    return value
+
+
+@pytest.fixture(params=["flask", "django"])
+def browser_app(request, fake, monkeypatch, serve_wsgi, no_env):
+    """An example app on a real port, its Avaturn, OpenAI and SDK on the fake."""
+    fake.sdk_file = SDK_FILE
+    for name, value in {
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fake.url,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": fake.url + "/v1",
+        "AVATURN_SDK_URL": fake.url + "/_test/sdk.js",
+        "FLASK_SECRET_KEY": "browser-test-secret",
+    }.items():
+        monkeypatch.setenv(name, value)
+    if request.param == "flask":
+        app: Any = load_example("flask_app").app
+    else:
+        load_example("django_app")
+        from django.core.handlers.wsgi import WSGIHandler
+
+        app = WSGIHandler()
+    recorded = Recorded(app)
+    return fake, serve_wsgi(recorded), recorded
+
+
+def live_session(fake: FakeAvaturn, other_than: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    return until(
+        lambda: next((s for s in fake.sessions if s not in other_than), None),
+        "a session",
+    )
+
+
+def test_browser_example_end_to_end(browsers, browser_app):
+    from selenium.webdriver.common.by import By
+
+    fake, url, recorded = browser_app
+    alice = browsers()
+    alice.get(url + "/")
+    alice.find_element(By.ID, "start").click()
+    first = live_session(fake)
+    # The SDK in the page asked the fake for the session with exactly the
+    # token our backend received, cross-origin from the page's origin.
+    call = until(lambda: fake.sdk_calls and fake.sdk_calls[0], "the SDK's first call")
+    assert call == {
+        "method": "GET",
+        "path": "/_sdk/v0/sessions",
+        "token": fake.sessions[first]["token"],
+        "origin": url,
     }
-    check_example_created_session(mock, example_env)
-    said = client.post(
-        "/avatar/session/s1/say",
-        data={"text": "Hello"},
-        content_type="application/json",
+
+    # Another visitor can neither drive nor end it, and nothing is forwarded.
+    mallory = browsers()
+    mallory.get(url + "/")
+    attempts_before = dict(fake.attempts)
+    statuses = mallory.execute_async_script(
+        """
+        const [sid, done] = arguments;
+        const csrf = JSON.parse(document.getElementById("config").textContent).csrfToken;
+        const headers = {"Content-Type": "application/json"};
+        if (csrf) headers["X-CSRFToken"] = csrf;
+        const form = new URLSearchParams(csrf ? {csrfmiddlewaretoken: csrf} : {});
+        Promise.all([
+          fetch(`/avatar/session/${sid}/say`, {method: "POST", headers, body: '{"text": "hi"}'}),
+          fetch(`/avatar/session/${sid}`, {method: "DELETE", headers, body: "{}"}),
+          fetch(`/avatar/session/${sid}/end`, {method: "POST", body: form}),
+        ]).then((rs) => done(rs.map((r) => r.status)));
+        """,
+        first,
     )
-    assert said.json() == {"task_id": "task_1"}
-    assert client.delete("/avatar/session/s1").json() == {"terminated": True}
+    assert statuses == [404, 404, 404]
+    assert first in fake.sessions
+    assert dict(fake.attempts) == attempts_before
+
+    # Stop works while the SDK is still connecting (no video here: it never joins).
+    until(lambda: alice.find_element(By.ID, "stop").is_enabled(), "Stop to be enabled")
+    alice.find_element(By.ID, "stop").click()
+    until(lambda: first not in fake.sessions, "Stop to end the session")
+
+    # Closing the tab ends the session too (pagehide + sendBeacon).
+    alice.find_element(By.ID, "start").click()
+    second = live_session(fake, {first})
+    page_tab = alice.current_window_handle
+    alice.switch_to.new_window("tab")
+    alice.switch_to.window(page_tab)
+    alice.close()
+    until(lambda: second not in fake.sessions, "closing the tab to end the session")
+    assert fake.sessions == {}
+
+    # Neither key ever reached a browser.
+    received = b"".join(recorded.sent + fake.to_browser)
+    assert received and KEY.encode() not in received
+    assert OPENAI_KEY.encode() not in received
 
 
-def test_django_example_errors_are_json_without_secrets(example_env, mock, sleeps):
-    load_example("django_app")
-    from django.test import Client
+@pytest.fixture
+def notebook_host(fake, monkeypatch, no_env):
+    """A page on another origin that shows a session's `_repr_html_`, as Jupyter does."""
+    fake.sdk_file = SDK_FILE
+    monkeypatch.setenv("AVATURN_SDK_URL", fake.url + "/_test/sdk.js")
+    host = FakeAvaturn()
+    yield host
+    host.close()
 
-    mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
-    mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
-    mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
-    client = Client()
-    failed = client.post("/avatar/session")
-    assert len(sleeps) == 2
-    assert failed.status_code == 502
-    assert failed.json()["error"] == "InternalServerError"
-    assert KEY not in failed.content.decode()
-    bad = client.post(
-        "/avatar/session/s1/say", data="{}", content_type="application/json"
+
+def test_browser_notebook_view_connects_with_the_session_token(
+    browsers, fake, notebook_host
+):
+    from selenium.webdriver.common.by import By
+
+    created = client_for(fake).create_session()
+    notebook_host.page = (
+        '<!doctype html><meta charset="utf-8"><body>'
+        + created._repr_html_()
+        + "</body>"
     )
-    assert bad.status_code == 400
-    assert client.get("/avatar/session").status_code == 405
+    browser = browsers()
+    browser.get(notebook_host.url + "/_test/page")
+    call = until(lambda: fake.sdk_calls and fake.sdk_calls[0], "the SDK's first call")
+    assert call["token"] == created.token and call["origin"] == notebook_host.url
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith(("Connecting", "Could not connect", "Connected"))
+    assert KEY not in browser.page_source and KEY not in notebook_host.page
+
+
+def test_browser_notebook_view_says_when_the_sdk_cannot_load(
+    browsers, fake, notebook_host, monkeypatch
+):
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setenv("AVATURN_SDK_URL", fake.url + "/_test/missing.js")
+    created = client_for(fake).create_session()
+    notebook_host.page = (
+        '<!doctype html><meta charset="utf-8"><body>' + created._repr_html_()
+    )
+    browser = browsers()
+    browser.get(notebook_host.url + "/_test/page")
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+    status = until(
+        lambda: (
+            "Could not load" in (text := browser.find_element(By.ID, "status").text)
+            and text
+        ),
+        "the SDK load failure message",
+    )
+    assert "Could not load the Avaturn Web SDK" in status
+    assert not [c for c in fake.sdk_calls if c["path"].startswith("/_sdk/")]

@@ -1,48 +1,130 @@
-"""A Flask backend for an Avaturn.Live avatar, on avaturn-session.
+"""A Flask backend for an Avaturn.Live avatar, on avaturn-session: fit to copy.
 
-Run:  AVATURN_API_KEY=... OPENAI_API_KEY=... flask --app examples/flask_app.py run
-Then open http://127.0.0.1:5000/ . The browser only ever sees the session
+Run:  FLASK_SECRET_KEY=... AVATURN_API_KEY=... OPENAI_API_KEY=... \\
+      flask --app examples/flask_app.py run
+Then open http://127.0.0.1:5000/ . The browser only ever sees its own session
 token; the Avaturn and OpenAI keys stay here.
+
+What it shows:
+- each Avaturn session belongs to the visitor who started it (Flask's signed
+  session cookie): say and end answer 404 for anyone else's session, and
+  nothing is forwarded to Avaturn; one live session per visitor;
+- the page ends the session on Stop and when the tab goes away (a beacon to
+  ``POST /avatar/session/<id>/end``);
+- cross-site requests are refused: JSON endpoints need a JSON body, and every
+  state-changing request must come from this site's own pages;
+- the Web SDK version is pinned once (``av.WEB_SDK_URL``); ``AVATURN_SDK_URL``
+  serves another copy (offline deployments, tests).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, abort, jsonify, request, session
 
 import avaturn_session as av
 
 app = Flask(__name__)
+app.secret_key = os.environ.get("FLASK_SECRET_KEY")
+if not app.secret_key:
+    # A random key per process: cookies die with a restart and are not shared
+    # between workers. Set FLASK_SECRET_KEY in any real deployment.
+    app.secret_key = secrets.token_hex(32)
+    app.logger.warning("FLASK_SECRET_KEY is not set: using a random per-process key")
+app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
 
 REALTIME_SESSION = {
     "model": "gpt-realtime",
     "instructions": "You are a friendly guide. Keep answers short.",
     "audio": {"output": {"voice": "marin"}},
 }
+PAGE = (Path(__file__).with_name("avatar_page.html")).read_text(encoding="utf-8")
+OWNED = "avaturn_session_id"  # the visitor's live session, in the signed cookie
+
+
+@app.before_request
+def refuse_cross_site_requests() -> None:
+    """A page on another site cannot make this visitor's browser start or end sessions."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    # Browsers say where a request comes from; non-browser clients say nothing.
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if site is not None and site not in ("same-origin", "none"):
+        abort(403)
+    if site is None and origin is not None and origin != request.host_url.rstrip("/"):
+        abort(403)
+    # A cross-site <form> can post text/plain or form data, never JSON.
+    json_endpoint = request.endpoint != "end_on_leave"
+    if request.method == "POST" and json_endpoint and not request.is_json:
+        abort(415)
+
+
+def owned_session(session_id: str) -> str:
+    """The visitor's own live session, or a 404 (nothing is sent to Avaturn)."""
+    if session_id != session.get(OWNED):
+        abort(404)
+    return session_id
 
 
 @app.post("/avatar/session")
 def start_avatar() -> Response:
     """Mint an OpenAI client secret, create the session, return the Web SDK options."""
+    # REAL APP: require a logged-in user here and rate-limit per user: every
+    # call mints a credential and starts a billed session.
+    previous = session.pop(OWNED, None)
+    if previous is not None:  # one live session per visitor
+        end_quietly(previous)
     secret = av.mint_openai_client_secret(REALTIME_SESSION, expires_in=600)
-    session = av.create_session(
+    created = av.create_session(
         av.openai_realtime_engine(secret), user_absent_timeout=30
     )
-    return jsonify(session_id=session.session_id, **session.web_sdk_options())
+    session[OWNED] = created.session_id
+    return jsonify(session_id=created.session_id, **created.web_sdk_options())
 
 
 @app.post("/avatar/session/<session_id>/say")
 def say(session_id: str) -> Response:
     """Queue text for the avatar to speak (text-echo sessions)."""
-    payload: dict[str, Any] = request.get_json(silent=True) or {}
-    return jsonify(task_id=av.say(session_id, payload.get("text")))
+    payload: Any = request.get_json(silent=True) or {}
+    text = payload.get("text") if isinstance(payload, dict) else None
+    return jsonify(task_id=av.say(owned_session(session_id), text))
 
 
 @app.delete("/avatar/session/<session_id>")
 def end_avatar(session_id: str) -> Response:
-    """End the session; safe to call twice."""
-    return jsonify(terminated=av.terminate_session(session_id))
+    """End the visitor's session (Stop); safe to call twice."""
+    terminated = av.terminate_session(owned_session(session_id))
+    session.pop(OWNED, None)
+    return jsonify(terminated=terminated)
+
+
+@app.post("/avatar/session/<session_id>/end")
+def end_on_leave(session_id: str) -> Response:
+    """The page's beacon when its tab goes away (a beacon cannot send JSON)."""
+    terminated = av.terminate_session(owned_session(session_id))
+    session.pop(OWNED, None)
+    return jsonify(terminated=terminated)
+
+
+def end_quietly(session_id: str) -> None:
+    try:
+        av.terminate_session(session_id)
+    except av.AvaturnError as exc:  # it also ends by itself after user_absent_timeout
+        app.logger.warning("could not end session %s: %s", session_id, exc)
+
+
+@app.errorhandler(403)
+@app.errorhandler(404)
+@app.errorhandler(415)
+def http_error(exc: Any) -> tuple[Response, int]:
+    """Refusals as JSON, like every other answer of this API."""
+    return jsonify(error=exc.name, message=exc.description), exc.code
 
 
 @app.errorhandler(av.AvaturnError)
@@ -52,36 +134,18 @@ def avaturn_failed(exc: av.AvaturnError) -> tuple[Response, int]:
     return jsonify(error=type(exc).__name__, message=str(exc)), status
 
 
-PAGE = """<!doctype html>
-<meta charset="utf-8">
-<title>Avatar</title>
-<div id="avatar" style="width: 480px; height: 480px"></div>
-<button id="start">Start</button> <button id="stop" disabled>Stop</button>
-<script type="module">
-  import { AvaturnHead } from "https://esm.sh/@avaturn-live/web-sdk";
-  let sessionId = null, head = null;
-  document.getElementById("start").onclick = async () => {
-    const r = await fetch("/avatar/session", { method: "POST" });
-    const s = await r.json();
-    if (!r.ok) { alert(s.message); return; }
-    sessionId = s.session_id;
-    head = new AvaturnHead(document.getElementById("avatar"),
-                           { sessionToken: s.sessionToken, apiHost: s.apiHost });
-    await head.init();
-    document.getElementById("stop").disabled = false;
-  };
-  document.getElementById("stop").onclick = async () => {
-    await fetch(`/avatar/session/${sessionId}`, { method: "DELETE" });
-    document.getElementById("stop").disabled = true;
-  };
-</script>
-"""
-
-
 @app.get("/")
 def index() -> Response:
-    """A tiny page that starts the avatar with the Web SDK."""
-    return Response(PAGE, mimetype="text/html")
+    """The page that starts, stops and shows the avatar with the Web SDK."""
+    config = {"sdkUrl": os.environ.get("AVATURN_SDK_URL") or av.WEB_SDK_URL}
+    return Response(
+        PAGE.replace("{{CONFIG}}", script_json(config)), mimetype="text/html"
+    )
+
+
+def script_json(value: object) -> str:
+    """JSON that cannot close the <script> element it sits in."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 if __name__ == "__main__":
