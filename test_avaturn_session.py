@@ -8,6 +8,7 @@ import contextlib
 import copy
 import email.utils
 import functools
+import html
 import http.server
 import importlib
 import inspect
@@ -586,6 +587,8 @@ SIGNATURES = {
     "session": f"({CREATE_PARAMS}) -> 'contextlib.AbstractContextManager[AvaturnSession]'",
     "main": "(argv: 'Sequence[str] | None' = None) -> 'int'",
     "close_shared_clients": "() -> 'None'",
+    "AvaturnSession.web_sdk_html": "(self, *, sdk_url: 'str | None' = None, audio: 'bool' = False, "
+    "width: 'str' = '100%', height: 'str' = '480px') -> 'str'",
     "AvaturnClient.__init__": "(self, api_key: 'str | None' = None, *, base_url: 'str | None' = None, "
     "timeout: 'float | tuple[float, float]' = (5.0, 30.0), max_retries: 'int' = 2, "
     "http: 'requests.Session | None' = None, deadline: 'float' = 60.0) -> 'None'",
@@ -611,6 +614,7 @@ def test_public_all_is_frozen():
             "MAX_RESPONSE_BYTES",
             "MAX_RETRY_AFTER",
             "MAX_RETRY_DELAY",
+            "WEB_SDK_URL",
             "APIConnectionError",
             "APIResponseError",
             "APIStatusError",
@@ -664,6 +668,7 @@ def test_public_constants_have_documented_values():
     )
     assert av.DEFAULT_DEADLINE == 60.0
     assert (av.MAX_RESPONSE_BYTES, av.MAX_ERROR_BODY_BYTES) == (1024 * 1024, 64 * 1024)
+    assert av.WEB_SDK_URL.endswith("/@avaturn-live/web-sdk@0.3.7/dist/main.js")
     assert av.__version__ == "0.2.0"
 
 
@@ -1032,6 +1037,42 @@ def test_session_id_is_encoded_as_one_path_segment(mock, session_id, encoded):
     mock.delete(SESSIONS + "/" + encoded, status=204)
     av.AvaturnClient(KEY).terminate_session(session_id)
     assert mock.calls[0].request.path_url == "/api/v1/sessions/" + encoded
+
+
+@pytest.mark.parametrize(
+    "token", ["</script><script>alert(1)</script>", "a\u2028b<!--", '"; alert(1); "']
+)
+def test_web_sdk_html_keeps_any_token_inside_its_script(token):
+    page = av.AvaturnSession(
+        "s</script>", token, "https://api.avaturn.live"
+    ).web_sdk_html()
+    script = page[page.index('<script type="module">') :]
+    assert script.count("</script>") == 1  # only the real end tag
+    assert "\u2028" not in page and "<!--" not in script
+    config = json.loads(script[script.index("{") : script.index(";\n")])
+    assert config["sessionToken"] == token and config["sdkUrl"] == av.WEB_SDK_URL
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sdk_url": "javascript:alert(1)"},
+        {"sdk_url": "https://[::1"},
+        {"width": "100%; background: url(x)"},
+        {"height": 480},
+        {"audio": "yes"},
+    ],
+)
+def test_web_sdk_html_refuses_bad_options(kwargs):
+    with pytest.raises(av.ConfigurationError):
+        av.AvaturnSession("s1", "t1", API).web_sdk_html(**kwargs)
+
+
+def test_repr_html_is_an_iframe_with_microphone_and_no_unescaped_token():
+    view = av.AvaturnSession("s1", 'tok"><script>x</script>', API)._repr_html_()
+    assert view.startswith("<iframe srcdoc=") and 'allow="microphone; autoplay"' in view
+    assert "<script>" not in view and 'tok"' not in view
+    assert "tok" in html.unescape(view)
 
 
 def test_session_web_sdk_options_and_repr_hide_nothing_but_token():
@@ -3113,7 +3154,19 @@ def example_env(fake, monkeypatch, no_env):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-example")
     monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
     monkeypatch.setenv("FLASK_SECRET_KEY", "flask-test-secret")
+    monkeypatch.setenv("DJANGO_SECRET_KEY", DJANGO_SECRET)
     return fake
+
+
+# Every test that loads the Django example sets this (its settings load once).
+DJANGO_SECRET = "django-test-secret"
+
+
+def test_django_example_signs_cookies_with_the_configured_key(example_env):
+    load_example("django_app")
+    from django.conf import settings
+
+    assert settings.SECRET_KEY == DJANGO_SECRET
 
 
 def created(mock: responses.RequestsMock, sid: str) -> None:
@@ -3330,9 +3383,10 @@ SDK_CACHE = Path(
     or Path.home() / ".cache" / "avaturn-session-tests"
 )
 SDK_FILE = SDK_CACHE / "node_modules" / "@avaturn-live" / "web-sdk" / "dist" / "main.js"
+# The README's browser set-up command (CI runs it from there).
 BROWSER_SETUP = (
-    "apt-get install chromium chromium-driver && "
-    "npm install --prefix ~/.cache/avaturn-session-tests @avaturn-live/web-sdk@0.3.7"
+    "apt-get install -y chromium chromium-driver && npm install --no-save "
+    "--prefix ~/.cache/avaturn-session-tests @avaturn-live/web-sdk@0.3.7"
 )
 # As the workplace's own probe runs it: no sandbox as root, nothing fetched on start.
 CHROMIUM_FLAGS = (
@@ -3443,6 +3497,7 @@ def browser_app(request, fake, monkeypatch, serve_wsgi, no_env):
         "OPENAI_BASE_URL": fake.url + "/v1",
         "AVATURN_SDK_URL": fake.url + "/_test/sdk.js",
         "FLASK_SECRET_KEY": "browser-test-secret",
+        "DJANGO_SECRET_KEY": DJANGO_SECRET,
     }.items():
         monkeypatch.setenv(name, value)
     if request.param == "flask":
@@ -3578,3 +3633,44 @@ def test_browser_notebook_view_says_when_the_sdk_cannot_load(
     )
     assert "Could not load the Avaturn Web SDK" in status
     assert not [c for c in fake.sdk_calls if c["path"].startswith("/_sdk/")]
+
+
+# --------------------------------------------------------------------------- #
+# The notebook, executed top to bottom (nbclient, a real kernel)
+# --------------------------------------------------------------------------- #
+
+
+def test_notebook_runs_shows_the_avatar_and_leaves_no_session(
+    fake, monkeypatch, no_env
+):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    for name, value in {
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fake.url,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": fake.url + "/v1",
+        "AVATURN_SDK_URL": fake.url + "/_test/sdk.js",
+        "PYTHONPATH": str(ROOT),
+    }.items():
+        monkeypatch.setenv(name, value)
+    notebook = nbformat.read(ROOT / "examples" / "notebook.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    shown = next(
+        c for c in notebook.cells if c.cell_type == "code" and c.source == "session"
+    )
+    data = shown.outputs[0]["data"]
+    assert data["text/html"].startswith("<iframe srcdoc=")
+    assert 'allow="microphone; autoplay"' in data["text/html"]
+    token = next(
+        r["token"]
+        for r in fake.created.values()
+        if r["body"]["conversation_engine"]["type"] == "openai-realtime"
+    )
+    assert token in html.unescape(data["text/html"])  # the browser needs it
+    assert token not in data["text/plain"]  # repr() stays token-free
+    everything = json.dumps(nbformat.writes(notebook))
+    assert KEY not in everything and OPENAI_KEY not in everything
+    assert [text for _, text in fake.spoken] == ["Hello from the notebook!"]
+    assert fake.sessions == {}, "the notebook left a session running"
+    assert len(fake.created) == 2
