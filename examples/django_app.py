@@ -129,19 +129,11 @@ def say(request: HttpRequest, session_id: str) -> HttpResponse:
     return JsonResponse({"task_id": av.say(owned, text)})  # type: ignore[arg-type]
 
 
-@require_http_methods(["DELETE"])
+@require_http_methods(["DELETE", "POST"])
 @errors_as_json
 def end_avatar(request: HttpRequest, session_id: str) -> HttpResponse:
-    """End the visitor's session (Stop); safe to call twice."""
-    terminated = av.terminate_session(owned_session(request, session_id))
-    request.session.pop(OWNED, None)
-    return JsonResponse({"terminated": terminated})
-
-
-@require_http_methods(["POST"])
-@errors_as_json
-def end_on_leave(request: HttpRequest, session_id: str) -> HttpResponse:
-    """The page's beacon when its tab goes away (CSRF token in the form body)."""
+    """End the visitor's session: Stop (DELETE), or the page's beacon when its tab
+    goes away (POST .../end, CSRF token in the form body); safe to call twice."""
     terminated = av.terminate_session(owned_session(request, session_id))
     request.session.pop(OWNED, None)
     return JsonResponse({"terminated": terminated})
@@ -151,7 +143,7 @@ urlpatterns = [
     path("", index),
     path("avatar/session", start_avatar),
     path("avatar/session/<str:session_id>/say", say),
-    path("avatar/session/<str:session_id>/end", end_on_leave),
+    path("avatar/session/<str:session_id>/end", end_avatar),
     path("avatar/session/<str:session_id>", end_avatar),
 ]
 

@@ -98,18 +98,17 @@ def say(session_id: str) -> Response:
 
 @app.delete("/avatar/session/<session_id>")
 def end_avatar(session_id: str) -> Response:
-    """End the visitor's session (Stop); safe to call twice."""
+    """End the visitor's session: Stop (DELETE), or the page's beacon when its tab
+    goes away (POST .../end, registered below); safe to call twice."""
     terminated = av.terminate_session(owned_session(session_id))
     session.pop(OWNED, None)
     return jsonify(terminated=terminated)
 
 
-@app.post("/avatar/session/<session_id>/end")
-def end_on_leave(session_id: str) -> Response:
-    """The page's beacon when its tab goes away (a beacon cannot send JSON)."""
-    terminated = av.terminate_session(owned_session(session_id))
-    session.pop(OWNED, None)
-    return jsonify(terminated=terminated)
+# A beacon cannot send JSON: its own endpoint, exempt from the JSON rule above.
+app.add_url_rule(
+    "/avatar/session/<session_id>/end", "end_on_leave", end_avatar, methods=["POST"]
+)
 
 
 def end_quietly(session_id: str) -> None:
