@@ -2173,16 +2173,16 @@ class _Redactor:
     ) -> str:
         """One clean line: bounded, no control characters, URL credentials or
         queries, and no known secret (nor a secret's prefix cut by the bound)."""
-        text = _clean(text[:MAX_ERROR_BODY_BYTES])
-        for secret in self.secrets(extra):
-            text = text.replace(secret, _REDACTED)
+        secrets = self.secrets(extra)
+        text = self._string(text, secrets)
+        for secret in secrets:
             # A body cut at its cap may end with the first part of a secret.
             tail = text[-len(secret) :]
             for cut in range(len(tail), 3, -1):
                 if tail.endswith(secret[:cut]):
                     text = text[:-cut] + _REDACTED
                     break
-        text = " ".join(_scrub_urls(text).split())
+        text = " ".join(text.split())
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
     def json(self, value: Any, extra: Sequence[str | None] = ()) -> Any:
@@ -2208,6 +2208,7 @@ class _Redactor:
 
     @staticmethod
     def _string(text: str, secrets: list[str]) -> str:
+        """Bounded, control characters out, known secrets and URL credentials as ``***``."""
         text = _clean(text[:MAX_ERROR_BODY_BYTES])
         for secret in secrets:
             text = text.replace(secret, _REDACTED)
