@@ -2,7 +2,7 @@
 
 Mint the conversation engine's short-lived credential, create the session, hand
 its token to the browser's Web SDK, push text for the avatar to say, terminate.
-One module on ``requests``; ``openai`` is an optional extra, imported lazily.
+One module on ``requests``; no async, no framework.
 
     import avaturn_session as av
 
@@ -22,8 +22,6 @@ Keys come from AVATURN_API_KEY, OPENAI_API_KEY and CARTESIA_API_KEY.
 from __future__ import annotations
 
 import contextlib
-import functools
-import http
 import http.client
 import http.cookiejar
 import json
@@ -36,13 +34,11 @@ import socket
 import sys
 import threading
 import time
-import types
 import urllib.parse
 import weakref
-import zlib
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, cast
 
 import requests
 import requests.adapters
@@ -50,7 +46,6 @@ import requests.auth
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
-import urllib3.poolmanager
 import urllib3.response
 
 if TYPE_CHECKING:  # only the type checker needs these (Self, Unpack: 3.11+)
@@ -66,6 +61,7 @@ __all__ = [
     "DEFAULT_POOL_MAXSIZE",
     "DEFAULT_TIMEOUT",
     "INITIAL_RETRY_DELAY",
+    "KEEPALIVE_EXPIRY",
     "MAX_ERROR_BODY_BYTES",
     "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER",
@@ -100,9 +96,10 @@ __all__ = [
     "session",
     "terminate_session",
     "text_echo_engine",
+    "warm",
 ]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # --------------------------------------------------------------------------- #
 # Constants
@@ -119,9 +116,9 @@ WEB_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/mai
 #: Seconds to wait for a connection, then for each read of the response.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 
-#: Total seconds one public call may take: every attempt, every wait between
-#: attempts, the response headers and the body. A slow server never holds a
-#: worker longer than this.
+#: Total seconds one public call may take: name resolution, every attempt,
+#: every wait between attempts, the response headers and the body. Nothing is
+#: sent once it has passed, and a slow server never holds a worker longer.
 DEFAULT_DEADLINE = 60.0
 
 #: Extra attempts after the first, for the failures that are safe to repeat.
@@ -141,16 +138,18 @@ MAX_RETRY_AFTER = 60.0
 #: once without urllib3 discarding connections (requests' own default is 10).
 DEFAULT_POOL_MAXSIZE = 32
 
-#: Largest successful (2xx) answer read, in decoded bytes; a longer one is an
+#: Seconds a pooled connection may sit idle and still be reused (httpx's
+#: default); a second less than the server's ``Keep-Alive: timeout=`` when that
+#: is shorter. An older connection is closed and a new one opened, so a request
+#: is never written into a connection the server is closing as idle.
+KEEPALIVE_EXPIRY = 5.0
+
+#: Largest successful (2xx) answer read, in bytes; a longer one is an
 #: ``APIResponseError``. The API's answers are a few hundred bytes.
 MAX_RESPONSE_BYTES = 1024 * 1024
 
-#: Largest error (4xx/5xx) body read, in decoded bytes; the rest is dropped.
+#: Largest error (4xx/5xx) body read, in bytes; the rest is dropped.
 MAX_ERROR_BODY_BYTES = 64 * 1024
-
-# Pooled ``openai.OpenAI`` clients kept per process (one per key and base URL);
-# the least recently used is dropped past this, so many keys never grow memory.
-_OPENAI_POOL_SIZE = 8
 
 # Random part of each backoff delay: the delay is scaled by 1 - JITTER * U[0, 1).
 _JITTER = 0.25
@@ -172,20 +171,29 @@ _MIN_MAX_DURATION = 60
 _MAX_MAX_DURATION = 86400
 _BACKGROUNDS = ("default", "transparent")
 
-# OpenAI Realtime client secrets live 10 s to 2 h.
+# OpenAI Realtime client secrets: the endpoint (under OPENAI_BASE_URL), their
+# lifetime limits in seconds, the default session, and the optional headers
+# the openai SDK also sends (header name, environment variable).
+_OPENAI_BASE_URL = "https://api.openai.com/v1"
+_OPENAI_PATH = "/realtime/client_secrets"
 _OPENAI_MIN_EXPIRES_IN = 10
 _OPENAI_MAX_EXPIRES_IN = 7200
 _OPENAI_DEFAULT_SESSION: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime"}
+_OPENAI_HEADERS = (
+    ("OpenAI-Organization", "OPENAI_ORG_ID"),
+    ("OpenAI-Project", "OPENAI_PROJECT_ID"),
+)
 
-# Cartesia access tokens: host, API version header, lifetime limits.
+# Cartesia access tokens: host, path, API version header, lifetime limit.
 _CARTESIA_BASE_URL = "https://api.cartesia.ai"
+_CARTESIA_PATH = "/access-token"
 _CARTESIA_VERSION = "2025-04-16"
 _CARTESIA_MAX_EXPIRES_IN = 3600
 
 _PATH_SESSIONS = "/api/v1/sessions"
 _USER_AGENT = f"avaturn-session/{__version__}"
 
-# Deepest JSON we send or look into; deeper input is refused, deeper answers cut.
+# Deepest JSON we look into when redacting an answer; deeper parts are cut.
 _MAX_JSON_DEPTH = 32
 
 # Longest server detail quoted in an exception message, in characters.
@@ -275,7 +283,7 @@ class APIStatusError(AvaturnError):
         body: Any = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(_status_message(status_code, request_id, detail))
+        super().__init__(status_code, detail)
         self.status_code = status_code
         self.detail = detail
         self.request_id = request_id
@@ -286,6 +294,17 @@ class APIStatusError(AvaturnError):
         self.retry_after = retry_after
         # FastAPI validation items ({"loc", "msg", "type", ...}); empty otherwise.
         self.errors: list[Any] = list(detail) if isinstance(detail, list) else []
+
+    def __str__(self) -> str:
+        """``422 Unprocessable Entity (request req_1): loc: msg``."""
+        try:
+            text = f"{self.status_code} {http.HTTPStatus(self.status_code).phrase}"
+        except ValueError:
+            text = f"{self.status_code} Error"
+        if self.request_id:
+            text += f" (request {self.request_id})"
+        detail = _render_detail(self.detail)
+        return f"{text}: {detail}" if detail else text
 
 
 class BadRequestError(APIStatusError):
@@ -330,17 +349,30 @@ def _restore_error(
     return error
 
 
-def _status_message(status: int, request_id: str | None, detail: Any) -> str:
-    """``422 Unprocessable Entity (request req_1): loc: msg``."""
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    text = f"{status} {phrase}"
-    if request_id:
-        text += f" (request {request_id})"
-    rendered = _render_detail(detail)
-    return f"{text}: {rendered}" if rendered else text
+def _render_detail(detail: Any) -> str:
+    """A server ``detail`` (string, FastAPI list, or any JSON) as one clean line."""
+    if detail is None or detail == "":
+        return ""
+    if isinstance(detail, str):
+        text = detail
+    elif isinstance(detail, list) and all(isinstance(item, Mapping) for item in detail):
+        parts = []
+        for item in detail:
+            loc = item.get("loc")
+            steps = loc if isinstance(loc, list) else [] if loc is None else [loc]
+            where = ".".join(str(p) for p in steps if p != "body")
+            msg = str(item.get("msg", item))
+            parts.append(f"{where}: {msg}" if where else msg)
+        text = "; ".join(parts)
+    else:
+        try:
+            text = json.dumps(detail, default=str)
+        except (ValueError, RecursionError):
+            text = ""
+    text = " ".join(_CONTROL.sub(" ", text[:MAX_ERROR_BODY_BYTES]).split())
+    if len(text) > _MAX_DETAIL_CHARS:
+        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
+    return text
 
 
 # --------------------------------------------------------------------------- #
@@ -408,11 +440,11 @@ class AvaturnSession:
 
         For a notebook (see ``_repr_html_``) or a quick Flask/Django response.
         ``sdk_url`` defaults to ``AVATURN_SDK_URL``, then the pinned
-        ``WEB_SDK_URL``. ``audio=True`` sends the visitor's microphone; ``width`` and ``height``
-        are CSS lengths of the avatar. Token and host go in as escaped JSON, so
-        no id or token can break out of the script. The page shows a message
-        when the SDK cannot load or connect, and disposes the avatar when it
-        goes away; ending the session stays the backend's job.
+        ``WEB_SDK_URL``. ``audio=True`` sends the visitor's microphone; ``width``
+        and ``height`` are CSS lengths of the avatar. Token and host go in as
+        escaped JSON, so no id or token can break out of the script. The page
+        shows a message when the SDK cannot load or connect, and disposes the
+        avatar when it goes away; ending the session stays the backend's job.
         """
         sdk_url = sdk_url or os.environ.get("AVATURN_SDK_URL") or WEB_SDK_URL
         _split_url(sdk_url, "sdk_url")
@@ -424,11 +456,7 @@ class AvaturnSession:
         for name, value in size.items():
             if not isinstance(value, str) or not _CSS_LENGTH.fullmatch(value):
                 raise ConfigurationError(f"{name} must be a CSS length like '480px'")
-        config = {
-            "sdkUrl": sdk_url,
-            "audio": audio,
-            **self.web_sdk_options(),
-        }
+        config = {"sdkUrl": sdk_url, "audio": audio, **self.web_sdk_options()}
         return _WEB_SDK_PAGE.format(
             width=width, height=height, config=_script_json(config)
         )
@@ -579,53 +607,58 @@ def mint_openai_client_secret(
     expires_in: int = 600,
     api_key: str | None = None,
     openai_client: Any = None,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> str:
     """Mint a short-lived OpenAI Realtime client secret (``ek_...``) for one session.
 
     ``session`` is the Realtime session config (model, instructions, voice under
     ``audio.output.voice``, tools, ...); default ``{"type": "realtime", "model":
     "gpt-realtime"}``; ``"type": "realtime"`` is added when missing (on a copy).
-    ``expires_in`` is the lifetime in seconds, 10..7200. ``openai_client`` is a
-    configured ``openai.OpenAI``, used as is and never closed; otherwise a
-    pooled one is used: one per key and ``OPENAI_BASE_URL`` per process, built
-    on first use with this module's timeouts, kept open across calls (see
-    ``close_shared_clients``) and never shared with a forked child. Raises
-    ``ConfigurationError`` for bad input, a missing key or a missing ``openai``
-    package, and ``CredentialError`` when minting fails.
+    ``expires_in`` is the lifetime in seconds, 10..7200. The key comes from
+    ``api_key`` or ``OPENAI_API_KEY``, the host from ``OPENAI_BASE_URL``
+    (default ``https://api.openai.com/v1``); ``OPENAI_ORG_ID`` and
+    ``OPENAI_PROJECT_ID`` are sent when set. One POST to
+    ``/realtime/client_secrets`` over this module's transport (pooled, no
+    openai import), ``timeout`` and ``deadline`` as in ``AvaturnClient``, never
+    retried once it may have reached OpenAI. ``openai_client``, a configured
+    ``openai.OpenAI``, is used instead when given (its own transport; our
+    ``timeout`` caps its per-request timeout, with no SDK retries). Raises
+    ``ConfigurationError`` for bad input or a missing key, and
+    ``CredentialError`` (``provider="openai"``) when minting fails.
     """
     _check_int(expires_in, "expires_in", _OPENAI_MIN_EXPIRES_IN, _OPENAI_MAX_EXPIRES_IN)
-    if session is None:
-        config = dict(_OPENAI_DEFAULT_SESSION)
-    elif isinstance(session, Mapping):
-        config = {"type": "realtime", **session}
-    else:
+    if session is not None and not isinstance(session, Mapping):
         raise ConfigurationError(
             "session must be a mapping (the Realtime session config)"
         )
-    _check_json(config, "session")
-    client = _OPENAI_POOL.get(api_key) if openai_client is None else openai_client
-    failure: str | None = None
-    value: object = None
-    try:
-        minted = client.realtime.client_secrets.create(
-            expires_after={"seconds": expires_in, "anchor": "created_at"},
-            session=config,
+    body = {
+        "expires_after": {"anchor": "created_at", "seconds": expires_in},
+        "session": {
+            "type": "realtime",
+            **(_OPENAI_DEFAULT_SESSION if session is None else session),
+        },
+    }
+    if openai_client is not None:
+        # The SDK has no total deadline: it caps the SDK's one timeout instead.
+        seconds = min(
+            max(_pair(_check_timeout(timeout))), _check_seconds(deadline, "deadline")
         )
-        value = minted.value
-    except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
-        # Keep the reason, not the exception: its frames hold the request and
-        # its Authorization header, which a traceback capturer would record.
-        failure = _sdk_failure(exc, api_key, client)
-    if failure is not None:
-        raise CredentialError(
-            f"openai: could not mint a Realtime client secret: {failure}",
-            provider="openai",
-        )
-    if not isinstance(value, str) or not value:
-        raise CredentialError(
-            "openai: the response carried no client secret value", provider="openai"
-        )
-    return value
+        return _mint_with_sdk(openai_client, _Payload(body), seconds)
+    headers = {}
+    for header, variable in _OPENAI_HEADERS:
+        if os.environ.get(variable):
+            headers[header] = os.environ[variable]
+    transport = _Transport(
+        _auth(api_key, "OPENAI_API_KEY", "an OpenAI API key"),
+        os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL,
+        timeout=timeout,
+        deadline=deadline,
+        max_retries=0,
+        http_session=_shared_session(),
+        headers=headers,
+    )
+    return _mint("openai", transport, _OPENAI_PATH, _Payload(body), "value")
 
 
 def mint_cartesia_access_token(
@@ -640,45 +673,56 @@ def mint_cartesia_access_token(
 
     The key comes from ``api_key`` or ``CARTESIA_API_KEY``; ``base_url`` from the
     argument, ``CARTESIA_BASE_URL`` or ``https://api.cartesia.ai``. ``expires_in``
-    is in seconds, 1..3600. One POST, never retried, sent through one pooled
-    session shared by every mint of the process (cookies refused, replaced in
-    a forked child); ``timeout`` and ``deadline`` (total seconds) as in
-    ``AvaturnClient``. Raises
-    ``ConfigurationError`` for bad input and ``CredentialError``
-    (``provider="cartesia"``) when minting fails.
+    is in seconds, 1..3600. One POST over this module's pooled transport,
+    never retried once it may have reached Cartesia; ``timeout`` and
+    ``deadline`` as in ``AvaturnClient``. Raises ``ConfigurationError`` for bad
+    input and ``CredentialError`` (``provider="cartesia"``) when minting fails.
     """
     _check_int(expires_in, "expires_in", 1, _CARTESIA_MAX_EXPIRES_IN)
     transport = _Transport(
-        auth=_BearerAuth(
-            _check_key(_resolve_key(api_key, "CARTESIA_API_KEY", "a Cartesia API key"))
-        ),
-        base_url=_check_base_url(
-            base_url or os.environ.get("CARTESIA_BASE_URL") or _CARTESIA_BASE_URL
-        ),
-        timeout=_check_timeout(timeout),
-        deadline=_check_seconds(deadline, "deadline"),
+        _auth(api_key, "CARTESIA_API_KEY", "a Cartesia API key"),
+        base_url or os.environ.get("CARTESIA_BASE_URL") or _CARTESIA_BASE_URL,
+        timeout=timeout,
+        deadline=deadline,
         max_retries=0,
-        http=_shared_http(),
+        http_session=_shared_session(),
         headers={"Cartesia-Version": _CARTESIA_VERSION},
     )
     body = {"grants": {"agent": True}, "expires_in": expires_in}
+    return _mint("cartesia", transport, _CARTESIA_PATH, _Payload(body), "token")
+
+
+def _mint(
+    provider: str, transport: _Transport, path: str, payload: _Payload, field: str
+) -> str:
+    """POST a minting request; the answer's ``field``, else CredentialError."""
     try:
-        outcome, _ = transport.request("POST", "/access-token", body)
-        token: str | AvaturnError = _string_field(
-            _json_object(outcome, "POST", "/access-token"),
-            "token",
-            outcome,
-            "POST",
-            "/access-token",
-        )
+        return transport.call("POST", path, payload).string(field)
     except AvaturnError as exc:
-        token = exc
-    if isinstance(token, AvaturnError):
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(
-            f"cartesia: could not mint an access token: {token}", provider="cartesia"
-        ) from token
-    return token
+            f"{provider}: could not mint a credential: {exc}", provider=provider
+        ) from exc
+
+
+def _mint_with_sdk(client: Any, payload: _Payload, timeout: float) -> str:
+    """Mint through the caller's ``openai.OpenAI``; any failure is a CredentialError."""
+    failure = "the response carried no client secret value"
+    value: object = None
+    try:
+        configured = client.with_options(timeout=timeout, max_retries=0)
+        value = configured.realtime.client_secrets.create(**payload.body).value
+    except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
+        # Keep the reason, not the exception: its frames hold the request and
+        # its Authorization header, which a traceback capturer would record.
+        key = getattr(client, "api_key", None)
+        secrets = payload.secrets + ((key,) if isinstance(key, str) else ())
+        failure = _redact(f"{type(exc).__name__}: {exc}", _known_secrets(secrets))
+    if not isinstance(value, str) or not value:
+        raise CredentialError(
+            f"openai: could not mint a credential: {failure}", provider="openai"
+        )
+    return value
 
 
 # --------------------------------------------------------------------------- #
@@ -693,12 +737,14 @@ class AvaturnClient:
     ``AVATURN_BASE_URL``, then ``DEFAULT_BASE_URL`` (``https://`` only, but
     ``http://`` is allowed for loopback hosts, which never go through a proxy).
     ``timeout`` is in seconds, a float or a ``(connect, read)`` pair, never
-    ``None``; ``deadline`` bounds each public call in total (seconds, every
-    attempt and wait included). ``max_retries`` extra attempts are made only
-    where repeating cannot double-bill (see ``_should_retry``). ``http`` is a
-    ``requests.Session`` to send through; it is never modified, never closed,
-    and not replaced after ``os.fork()`` (make one per process). Share one
-    instance across all threads of a web app.
+    ``None``; ``deadline`` bounds each public call in total (seconds, name
+    resolution, every attempt and wait included). ``max_retries`` extra
+    attempts are made only where repeating cannot double-bill (see
+    ``_should_retry``). ``http_session`` is a ``requests.Session`` to send
+    through: never modified, never closed, not replaced after ``os.fork()``
+    (make one per process), and its own adapters bound only each read, not
+    the whole answer, by the deadline. ``http`` is its old name, kept for
+    0.3. Share one instance across all threads of a web app.
     """
 
     def __init__(
@@ -708,28 +754,37 @@ class AvaturnClient:
         base_url: str | None = None,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        http: requests.Session | None = None,
+        http_session: requests.Session | None = None,
         deadline: float = DEFAULT_DEADLINE,
+        http: requests.Session | None = None,
     ) -> None:
-        auth = _BearerAuth(
-            _check_key(_resolve_key(api_key, "AVATURN_API_KEY", "an Avaturn API key"))
-        )
-        self.base_url = _check_base_url(
-            base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL
-        )
-        self.timeout = _check_timeout(timeout)
-        self.deadline = _check_seconds(deadline, "deadline")
-        self.max_retries = _check_int(max_retries, "max_retries", 0, None)
-        if http is not None and not isinstance(http, requests.Session):
-            raise ConfigurationError("http must be a requests.Session")
+        if http is not None:
+            import warnings
+
+            if http_session is not None:
+                raise ConfigurationError(
+                    "pass http_session only (http is its old name)"
+                )
+            warnings.warn(
+                "AvaturnClient(http=...) is deprecated: use http_session=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            http_session = http
         self._transport = _Transport(
-            auth=auth,
-            base_url=self.base_url,
-            timeout=self.timeout,
-            deadline=self.deadline,
-            max_retries=self.max_retries,
-            http=http,
+            _auth(api_key, "AVATURN_API_KEY", "an Avaturn API key"),
+            base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            http_session=http_session,
         )
+        self.base_url = self._transport.base_url
+        self.timeout = self._transport.timeout
+        self.deadline = self._transport.deadline
+        self.max_retries = self._transport.max_retries
+        # The environment a shared client was built from (see ``_client``).
+        self._env: tuple[str | None, ...] = ()
 
     def __repr__(self) -> str:
         return f"AvaturnClient(base_url={getattr(self, 'base_url', None)!r})"
@@ -743,6 +798,15 @@ class AvaturnClient:
     def close(self) -> None:
         """Release pooled connections (only those of a session this client created)."""
         self._transport.close()
+
+    def warm(self) -> bool:
+        """Open this client's keep-alive connection now, sending no request.
+
+        For a worker that has just started (see ``warm()``): the first session
+        start then skips the TCP and TLS handshakes. Never raises for the
+        network: a failure is logged as a WARNING and returns False.
+        """
+        return self._transport.warm()
 
     def create_session(
         self,
@@ -763,38 +827,39 @@ class AvaturnClient:
         seconds; ``extra`` holds further top-level fields sent as they are.
         Raises ``ConfigurationError`` before sending anything for bad input. Never
         retried once the request may have reached the server (a second create
-        would start a second billed session).
+        would start a second billed session). An answer that names a session
+        but cannot be used gets that session ended before the error is raised.
         """
-        body = _build_create_body(
-            engine,
-            {
-                "avatar_id": avatar_id,
-                "background": background,
-                "render_model": render_model,
-                "user_absent_timeout": user_absent_timeout,
-                "max_duration": max_duration,
-                "extra": extra,
-            },
+        options: _CreateOptions = {
+            "avatar_id": avatar_id,
+            "background": background,
+            "render_model": render_model,
+            "user_absent_timeout": user_absent_timeout,
+            "max_duration": max_duration,
+            "extra": extra,
+        }
+        payload = _Payload(_build_create_body(engine, options))
+        answer = self._transport.call("POST", _PATH_SESSIONS, payload)
+        fields = answer.json_object()
+        session_id, token = fields.get("session_id"), fields.get("token")
+        if isinstance(token, str) and token:
+            _TOKENS.append(token)
+            if isinstance(session_id, str) and session_id:
+                return AvaturnSession(session_id, token, self.base_url)
+        missing = (
+            "token" if isinstance(session_id, str) and session_id else "session_id"
         )
-        outcome, _ = self._transport.request("POST", _PATH_SESSIONS, body)
-        payload = _json_object(outcome, "POST", _PATH_SESSIONS)
-        session_id = _string_field(
-            payload, "session_id", outcome, "POST", _PATH_SESSIONS
-        )
-        token = payload.get("token")
-        if not isinstance(token, str) or not token:
-            # The server made a session we cannot use: end it rather than leak it.
-            left_running = None if self._terminate_quietly(session_id) else session_id
-            raise APIResponseError(
-                f"{outcome.status} response to POST {_PATH_SESSIONS} has no 'token' string",
-                status_code=outcome.status,
-                method="POST",
-                path=_PATH_SESSIONS,
-                session_id=left_running,
-            )
-        _REDACTOR.remember(token)
-        return AvaturnSession(
-            session_id=session_id, token=token, api_host=self.base_url
+        # An answer that names a session in any form: end it rather than leak it.
+        left_running = None
+        named = isinstance(session_id, (str, int)) and not isinstance(session_id, bool)
+        if named and not self._terminate_quietly(str(session_id), "unusable answer"):
+            left_running = str(session_id)
+        raise APIResponseError(
+            f"{answer.status} response to POST {_PATH_SESSIONS} has no {missing!r} string",
+            status_code=answer.status,
+            method="POST",
+            path=_PATH_SESSIONS,
+            session_id=left_running,
         )
 
     def say(self, session_id: str, text: str) -> str:
@@ -807,9 +872,8 @@ class AvaturnClient:
         _check_text(text, "text")
         if not text.strip():
             raise ConfigurationError("text must not be blank")
-        outcome, _ = self._transport.request("POST", path, {"text": text})
-        return _string_field(
-            _json_object(outcome, "POST", path), "task_id", outcome, "POST", path
+        return self._transport.call("POST", path, _Payload({"text": text})).string(
+            "task_id"
         )
 
     def terminate_session(self, session_id: str) -> bool:
@@ -820,13 +884,8 @@ class AvaturnClient:
         404 after an attempt that may have reached the server counts as ended
         by this call (that attempt most likely did the work).
         """
-        path = _session_path(session_id)
-        outcome, maybe_done = self._transport.request(
-            "DELETE", path, None, gone_ok=True, body_needed=False
-        )
-        if outcome.status in _GONE:
-            return maybe_done
-        return True
+        answer = self._transport.call("DELETE", _session_path(session_id), gone_ok=True)
+        return answer.status not in _GONE or answer.acted_before
 
     @contextlib.contextmanager
     def session(
@@ -851,11 +910,7 @@ class AvaturnClient:
             raise
         self.terminate_session(created.session_id)
 
-    # -- internals ---------------------------------------------------------- #
-
-    def _terminate_quietly(
-        self, session_id: str, why: str = "unusable session"
-    ) -> bool:
+    def _terminate_quietly(self, session_id: str, why: str) -> bool:
         """Terminate; on failure log a WARNING and return False instead of raising."""
         try:
             self.terminate_session(session_id)
@@ -868,11 +923,15 @@ class AvaturnClient:
 
 
 # --------------------------------------------------------------------------- #
-# Module-level functions (one shared client, built from the environment)
+# Module-level functions (one shared client, following the environment)
 # --------------------------------------------------------------------------- #
 
 _default_client: AvaturnClient | None = None
-_default_lock = threading.Lock()
+_shared_http_session: requests.Session | None = None
+_lock = threading.Lock()
+
+# What the shared client is built from; it is rebuilt when these change.
+_CLIENT_VARIABLES = ("AVATURN_API_KEY", "AVATURN_BASE_URL")
 
 
 def create_session(
@@ -899,175 +958,295 @@ def session(
     return _client().session(engine, **options)
 
 
+def warm() -> list[str]:
+    """Open the connections a first session start needs, once per worker after fork.
+
+    Opens the keep-alive connections of the shared Avaturn client and of each
+    minting provider whose key is set (OpenAI, Cartesia), in parallel; sends no
+    request, so nothing is created, minted or billed. Returns the base URLs it
+    could not reach (each logged as a WARNING), ``[]`` when all are open; never
+    raises for the network, but raises ``ConfigurationError`` for bad settings,
+    as any call would. Safe to call twice and in a forked child. A connection
+    left idle past ``KEEPALIVE_EXPIRY`` is opened again by the next call.
+    """
+    transports = [_client()._transport]
+    if os.environ.get("OPENAI_API_KEY"):
+        transports.append(
+            _Transport(
+                _auth(None, "OPENAI_API_KEY", "an OpenAI API key"),
+                os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL,
+                http_session=_shared_session(),
+            )
+        )
+    if os.environ.get("CARTESIA_API_KEY"):
+        transports.append(
+            _Transport(
+                _auth(None, "CARTESIA_API_KEY", "a Cartesia API key"),
+                os.environ.get("CARTESIA_BASE_URL") or _CARTESIA_BASE_URL,
+                http_session=_shared_session(),
+            )
+        )
+    cold: list[str] = []
+
+    def warm_one(transport: _Transport) -> None:
+        if not transport.warm():
+            cold.append(transport.base_url)
+
+    threads = [threading.Thread(target=warm_one, args=(t,)) for t in transports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(cold)
+
+
 def close_shared_clients() -> None:
     """Release the connections of every client the module shares, e.g. at app shutdown.
 
-    That is the client behind the module-level functions, the pooled
-    ``openai.OpenAI`` clients of ``mint_openai_client_secret`` and the session
-    of ``mint_cartesia_access_token``. Each is built again on next use. Call it
-    when no other thread is using them.
+    That is the client behind the module-level functions and the pooled
+    session both minting functions send through. Each is built again on next
+    use. Call it when no other thread is using them.
     """
     global _default_client, _shared_http_session
-    with _default_lock:
+    with _lock:
         client, _default_client = _default_client, None
-        http_session, _shared_http_session = _shared_http_session, None
+        shared, _shared_http_session = _shared_http_session, None
     if client is not None:
         client.close()
-    if http_session is not None:
-        http_session.close()
-    _OPENAI_POOL.close()
+    if shared is not None:
+        shared.close()
 
 
 def _client() -> AvaturnClient:
-    """The shared client, built once from the environment, even under racing threads."""
+    """The shared client, built from the environment (again when it changes),
+    once even under racing threads."""
     global _default_client
     client = _default_client
-    if client is None:
-        with _default_lock:
-            if _default_client is None:
-                _default_client = AvaturnClient()
+    if client is None or client._env != _client_env():
+        with _lock:
             client = _default_client
+            if client is None or client._env != _client_env():
+                client = _default_client = AvaturnClient()
+                client._env = _client_env()
     return client
 
 
-def _shown_as_create_session(returns: str, *, bound: bool) -> Callable[..., Any]:
-    """A stand-in, never called, that ``inspect.signature`` and ``help()`` read
-    through ``__wrapped__``: ``AvaturnClient.create_session``'s parameters
-    spelled out, with another return annotation.
-
-    The forwarders take ``**options: Unpack[_CreateOptions]``, which type
-    checkers read precisely; this keeps their runtime signature as explicit,
-    without importing ``inspect`` (a tenth of this module's import time).
-    """
-    proto = AvaturnClient.create_session
-    stand_in = types.FunctionType(
-        proto.__code__, proto.__globals__, proto.__name__, proto.__defaults__
-    )
-    stand_in.__kwdefaults__ = proto.__kwdefaults__
-    stand_in.__annotations__ = {**proto.__annotations__, "return": returns}
-    # A bound method: inspect drops ``self`` for the module-level functions.
-    return stand_in.__get__(AvaturnClient) if bound else stand_in
+def _client_env() -> tuple[str | None, ...]:
+    return tuple(map(os.environ.get, _CLIENT_VARIABLES))
 
 
-AvaturnClient.session.__wrapped__.__wrapped__ = _shown_as_create_session(  # type: ignore[attr-defined]
-    "Iterator[AvaturnSession]", bound=False
-)
-create_session.__wrapped__ = _shown_as_create_session(  # type: ignore[attr-defined]
-    "AvaturnSession", bound=True
-)
-session.__wrapped__ = _shown_as_create_session(  # type: ignore[attr-defined]
-    "contextlib.AbstractContextManager[AvaturnSession]", bound=True
-)
+def _shared_session() -> requests.Session:
+    """The pooled session every mint of this process sends through."""
+    global _shared_http_session
+    shared = _shared_http_session
+    if shared is None:
+        with _lock:
+            if _shared_http_session is None:
+                _shared_http_session = _new_http_session()
+            shared = _shared_http_session
+    return shared
 
 
 # --------------------------------------------------------------------------- #
-# Transport: one attempt returns the raw outcome; the loop decides
+# Transport: one send makes one attempt; the loop decides; one error is built
 # --------------------------------------------------------------------------- #
 
 _GONE = (404, 410)
 # Per request: proxies from the environment are not used (loopback hosts).
 _NO_PROXIES: dict[str, Any] = {"http": None, "https": None, "all": None}
-# Exceptions one attempt turns into a transport failure.
+# What one attempt's I/O raises when no usable answer arrived.
 _TRANSPORT_ERRORS = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
     http.client.HTTPException,
     OSError,
-    ValueError,
 )
+_TIMEOUTS = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
 
 
-class _Failure:
-    """Why an attempt got no usable HTTP response (a reason, never the exception)."""
+class _Payload:
+    """A JSON body as sent, and the credentials inside it; its repr shows neither.
 
-    __slots__ = ("reason", "sent", "timeout")
+    ``json.dumps(allow_nan=False)`` is the one check that the body can be
+    sent: anything it refuses is a ConfigurationError, before any request.
+    """
 
-    def __init__(self, reason: str, *, sent: bool, timeout: bool) -> None:
-        self.reason = reason
-        self.sent = sent
-        self.timeout = timeout
+    __slots__ = ("body", "data", "secrets")
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        try:
+            self.data = json.dumps(
+                body, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+            ).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = _CONTROL.sub(" ", str(exc))[:200]
+            raise ConfigurationError(
+                f"the request is not valid JSON: {problem}"
+            ) from None
+        self.body = body
+        # Every string under a secret-named key (or under ``headers``), any depth.
+        found: list[str] = []
+        stack: list[tuple[object, bool]] = [(body, False)]
+        while stack:
+            value, secret = stack.pop()
+            if isinstance(value, str) and secret:
+                found.append(value)
+            elif isinstance(value, Mapping):
+                for key, item in value.items():
+                    stack.append((item, secret or str(key).lower() in _SECRET_KEYS))
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    stack.append((item, secret))
+        self.secrets = tuple(found)
 
     def __repr__(self) -> str:
-        sent, timeout = getattr(self, "sent", None), getattr(self, "timeout", None)
-        return f"_Failure(sent={sent}, timeout={timeout})"
+        return f"<_Payload {len(getattr(self, 'data', b''))} bytes>"
 
 
-class _Outcome:
-    """The raw result of one attempt: a status with headers and a bounded body,
-    or a transport failure (``status`` 0). Its repr shows no content."""
+class _Result:
+    """What one attempt got: a status, headers and a bounded body, or a failure
+    (``status`` 0, with the reason and whether the request may have been sent).
+    Its repr shows no content."""
 
-    __slots__ = ("body", "failure", "headers", "problem", "status")
+    __slots__ = (
+        "acted_before",
+        "body",
+        "failure",
+        "headers",
+        "method",
+        "path",
+        "problem",
+        "sent",
+        "status",
+        "timed_out",
+    )
 
     def __init__(
         self,
+        method: str,
+        path: str,
         status: int = 0,
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
         *,
-        failure: _Failure | None = None,
-        problem: str | None = None,
+        failure: str | None = None,
+        sent: bool = True,
+        timed_out: bool = False,
     ) -> None:
+        self.method = method
+        self.path = path
         self.status = status
-        self.headers: Mapping[str, str] = headers if headers is not None else {}
-        self.body = body
+        self.headers: Mapping[str, str] = {} if headers is None else headers
+        self.body = b""
+        # Why a 2xx body cannot be used (too large, compressed), if it cannot.
+        self.problem: str | None = None
         self.failure = failure
-        # Why a 2xx body is unusable (too large, undecodable), if it is.
-        self.problem = problem
+        self.sent = sent
+        self.timed_out = timed_out
+        # Set by the loop: an earlier attempt may have reached the server and acted.
+        self.acted_before = False
 
     def __repr__(self) -> str:
         size = len(getattr(self, "body", b""))
-        return f"<_Outcome status={getattr(self, 'status', None)} body={size} bytes>"
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300 and self.problem is None
+        return f"<_Result status={getattr(self, 'status', None)} body={size} bytes>"
 
     def label(self) -> str:
-        """What happened, for a log line: a status, or the failure's kind."""
+        """What happened, for a log line: a status, or the failure's kind (no server text)."""
         if self.failure is not None:
-            return "timeout" if self.failure.timeout else "connection error"
-        return str(self.status)
+            return "timeout" if self.timed_out else "connection error"
+        try:
+            return f"{self.status} {http.HTTPStatus(self.status).phrase}"
+        except ValueError:
+            return str(self.status)
+
+    def json_object(self) -> dict[str, Any]:
+        """The JSON object of this 2xx answer, else APIResponseError."""
+        fields: object = None
+        if self.problem is None:
+            try:
+                fields = json.loads(self.body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                fields = None
+        if not isinstance(fields, dict):
+            why = self.problem or "not a JSON object"
+            raise self._unusable(why)
+        return fields
+
+    def string(self, name: str) -> str:
+        """A non-empty string field of this 2xx JSON answer, else APIResponseError."""
+        value = self.json_object().get(name)
+        if not isinstance(value, str) or not value:
+            raise self._unusable(f"has no {name!r} string")
+        return value
+
+    def _unusable(self, why: str) -> APIResponseError:
+        return APIResponseError(
+            f"{self.status} response to {self.method} {self.path}: {why}",
+            status_code=self.status,
+            method=self.method,
+            path=self.path,
+        )
 
 
-class _DeadlineExceeded(Exception):
-    """Internal: the call's deadline passed while a body was being read."""
+class _Expired(Exception):
+    """Internal: the call's deadline passed; ``sent`` says whether the request left."""
+
+    def __init__(self, *, sent: bool) -> None:
+        super().__init__("deadline exceeded")
+        self.sent = sent
+
+
+class _CallState(threading.local):
+    """The instant the current thread's call must end by; our connections read it."""
+
+    expires_at = math.inf
+
+
+_call = _CallState()
 
 
 class _Transport:
     """Sends requests to one host with the retry rules, the deadline and the caps.
 
-    Shared by ``AvaturnClient`` and Cartesia minting. ``http=None`` means an
-    own pooled session, closed by ``close()`` and replaced in a forked child.
+    Shared by ``AvaturnClient`` and minting. ``http_session=None`` means a
+    pooled session of its own, closed by ``close()`` and replaced in a forked
+    child.
     """
 
     def __init__(
         self,
-        *,
         auth: _BearerAuth,
-        base_url: str,
-        timeout: _Timeout,
-        deadline: float,
-        max_retries: int,
-        http: requests.Session | None,
+        base_url: object,
+        *,
+        timeout: object = DEFAULT_TIMEOUT,
+        deadline: object = DEFAULT_DEADLINE,
+        max_retries: object = 0,
+        http_session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.auth = auth
-        self.base_url = base_url
-        self.timeout = _timeout_pair(timeout)
-        self.deadline = deadline
-        self.max_retries = max_retries
-        self.owns_http = http is None
-        self.http = http if http is not None else _new_http_session()
+        self.base_url = _check_base_url(base_url)
+        self.timeout = _check_timeout(timeout)
+        self.deadline = _check_seconds(deadline, "deadline")
+        self.max_retries = _check_int(max_retries, "max_retries", 0, None)
+        if http_session is not None and not isinstance(http_session, requests.Session):
+            raise ConfigurationError("http_session must be a requests.Session")
+        self.owns_http = http_session is None
+        self.http = _new_http_session() if http_session is None else http_session
         # A proxy from the environment would see a loopback request in clear.
-        self.bypass_proxies = _is_loopback(urllib.parse.urlsplit(base_url).hostname)
-        common = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
-        # identity: the body caps count what the server sends, not what it inflates to.
-        common["Accept-Encoding"] = "identity"
-        common.update(headers or {})
+        self.bypass_proxies = _is_loopback(
+            urllib.parse.urlsplit(self.base_url).hostname
+        )
+        # identity: the body caps count what the server sends, nothing inflates.
+        common = {
+            "User-Agent": _USER_AGENT,
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            **(headers or {}),
+        }
         self.headers_plain = common
         self.headers_json = {**common, "Content-Type": "application/json"}
         if self.owns_http:
-            _LIVE_TRANSPORTS.add(self)
+            _OWN_POOLS.add(self)
 
     def __repr__(self) -> str:
         return f"_Transport(base_url={getattr(self, 'base_url', None)!r})"
@@ -1076,54 +1255,44 @@ class _Transport:
         if self.owns_http:
             self.http.close()
 
-    def reset_after_fork(self) -> None:
-        """In a forked child: a pool of its own, never the parent's connections."""
-        if self.owns_http:
-            self.http = _new_http_session()
-
-    def request(
+    def call(
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None,
+        payload: _Payload | None = None,
         *,
         gone_ok: bool = False,
-        body_needed: bool = True,
-    ) -> tuple[_Outcome, bool]:
-        """Send with the retry rules; returns the usable outcome and whether an
-        earlier attempt may have done the work. Raises the typed error, built
-        once, when the loop gives up.
-
-        ``gone_ok``: a 404/410 is an answer for the caller, not an error;
-        ``body_needed=False``: any 2xx will do, whatever its body.
-        """
-        # Bodies were validated when they were built (see _check_json).
-        data = None if body is None else _dumps(body)
-        headers = self.headers_plain if data is None else self.headers_json
-        deadline = _now() + self.deadline
+    ) -> _Result:
+        """Send with the retry rules; returns the 2xx answer (or, with
+        ``gone_ok``, the 404/410). Raises the typed error, built once, when
+        the loop gives up."""
+        expires_at = _now() + self.deadline
         attempt = 0
-        maybe_done = False  # an earlier attempt may have reached the server and acted
+        acted = False
         while True:
             attempt += 1
-            started = _now()
-            outcome = self._attempt(method, path, data, headers, deadline)
-            _log_attempt(method, path, outcome.label(), started, attempt)
-            done = outcome.ok or (not body_needed and 200 <= outcome.status < 300)
-            if done or (gone_ok and outcome.status in _GONE):
-                return outcome, maybe_done
-            retry_after = _parse_retry_after(outcome.headers.get("retry-after"))
-            delay = _retry_delay(attempt - 1, retry_after)
-            retry = (
-                attempt <= self.max_retries
-                and _should_retry(method, outcome)
-                # Waiting minutes would block the caller's web request.
-                and (retry_after is None or retry_after <= MAX_RETRY_AFTER)
-                # A wait that crosses the deadline is not waited for.
-                and _now() + delay < deadline
+            result = self._send(method, path, payload, expires_at)
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug(
+                    "%s %s -> %s (attempt %d)", method, path, result.label(), attempt
+                )
+            if 200 <= result.status < 300 or (gone_ok and result.status in _GONE):
+                result.acted_before = acted
+                return result
+            header = result.headers.get("retry-after")
+            retry_after = _parse_retry_after(header) if header else None
+            retry = attempt <= self.max_retries and _should_retry(
+                method, result, retry_after
             )
-            if not retry:
-                break
-            maybe_done = maybe_done or _may_have_acted(outcome)
+            delay = _retry_delay(attempt - 1, retry_after) if retry else 0.0
+            # A wait that crosses the deadline is not waited for.
+            if not retry or _now() + delay >= expires_at:
+                raise _error(result, retry_after, self.auth, payload)
+            # Whether this attempt may have reached the server and done the work.
+            if result.failure is not None:
+                acted = acted or result.sent
+            else:
+                acted = acted or (result.status >= 500 and result.status != 503)
             _log.warning(
                 "retrying %s %s in %.2f s (retry %d of %d): %s",
                 method,
@@ -1131,226 +1300,167 @@ class _Transport:
                 delay,
                 attempt,
                 self.max_retries,
-                _short_reason(outcome),
+                result.label(),
             )
             _sleep(delay)
-        raise _error_from(outcome, method, path, retry_after, self._secrets(body))
 
-    def _attempt(
-        self,
-        method: str,
-        path: str,
-        data: bytes | None,
-        headers: Mapping[str, str],
-        deadline: float,
-    ) -> _Outcome:
-        """One attempt, no retry, no typed error: whatever came back, body read."""
-        remaining = deadline - _now()
-        if remaining <= 0:
-            return _Outcome(
-                failure=_Failure("deadline exceeded", sent=False, timeout=True)
+    def _send(
+        self, method: str, path: str, payload: _Payload | None, expires_at: float
+    ) -> _Result:
+        """One attempt: the answer with its body read (at most its cap), or why
+        there is none. Arms the deadline for exactly this attempt's bytes."""
+        left = expires_at - _now()
+        if left <= 0:
+            return _Result(
+                method, path, failure="deadline exceeded", sent=False, timed_out=True
             )
-        connect, read = self.timeout
-        timeout = (min(connect, remaining), min(read, remaining))
-        response: requests.Response | None = None
-        complete = False
-        with _WATCHDOG.watch(deadline) as watch:
+        connect, read = _pair(self.timeout)
+        response = None
+        _call.expires_at = expires_at
+        try:
+            response = self.http.request(
+                method,
+                self.base_url + path,
+                data=None if payload is None else payload.data,
+                headers=self.headers_plain if payload is None else self.headers_json,
+                auth=self.auth,
+                timeout=(min(connect, left), min(read, left)),
+                allow_redirects=False,
+                stream=True,
+                proxies=dict(_NO_PROXIES) if self.bypass_proxies else None,
+            )
+            result = _Result(method, path, response.status_code, response.headers)
+            cap = MAX_RESPONSE_BYTES if result.status < 300 else MAX_ERROR_BODY_BYTES
+            encoding = response.headers.get("content-encoding", "identity").strip()
+            if encoding.lower() not in ("identity", ""):
+                result.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
+                return result
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
+                if _now() >= expires_at:  # a caller's session: reads are not bounded
+                    raise _Expired(sent=True)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > cap:
+                    result.problem = f"body larger than {cap} bytes"
+                    break
+            result.body = b"".join(chunks)[:cap]
+            return result
+        except _Expired as exc:
+            return _Result(
+                method, path, failure="deadline exceeded", sent=exc.sent, timed_out=True
+            )
+        except _TRANSPORT_ERRORS as exc:
+            reason = _redact(
+                f"{type(exc).__name__}: {exc}", (), limit=MAX_ERROR_BODY_BYTES
+            )
+            return _Result(
+                method,
+                path,
+                failure=reason,
+                sent=not _never_sent(exc),
+                timed_out=isinstance(exc, _TIMEOUTS),
+            )
+        finally:
+            _call.expires_at = math.inf
+            if response is not None:
+                # A whole body already put the connection back in the pool; an
+                # unread rest closes it, so it is never reused.
+                response.close()
+
+    def warm(self) -> bool:
+        """Open one keep-alive connection to the host now, sending nothing
+        (only on our own connections; a caller's session is left alone)."""
+        url = self.base_url + "/"
+        adapter = self.http.get_adapter(url)
+        if not isinstance(adapter, _Adapter):
+            return True
+        connect, _ = _pair(self.timeout)
+        _call.expires_at = _now() + connect
+        try:
+            proxies = dict(_NO_PROXIES) if self.bypass_proxies else None
+            settings = self.http.merge_environment_settings(
+                url, proxies, False, None, None
+            )
+            pool = adapter.get_connection_with_tls_context(
+                requests.Request("GET", url).prepare(),
+                settings["verify"],
+                settings["proxies"],
+                settings["cert"],
+            )
+            conn = pool._get_conn()  # type: ignore[attr-defined]
             try:
-                response = self.http.request(
-                    method,
-                    self.base_url + path,
-                    data=data,
-                    headers=headers,
-                    auth=self.auth,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
-                    proxies=dict(_NO_PROXIES) if self.bypass_proxies else None,
-                )
-                status = response.status_code
-                cap = MAX_RESPONSE_BYTES if status < 300 else MAX_ERROR_BODY_BYTES
-                body, problem, complete = _read_body(response, cap, deadline)
-                outcome = _Outcome(
-                    status,
-                    response.headers,
-                    body,
-                    problem=problem if status < 300 else None,
-                )
-            except (_DeadlineExceeded, *_TRANSPORT_ERRORS) as exc:
-                timed_out = watch.fired or isinstance(exc, _DeadlineExceeded)
-                outcome = _Outcome(failure=_transport_failure(exc, timed_out))
+                if conn.is_closed:
+                    conn.timeout = connect
+                    conn.connect()
             finally:
-                if response is not None:
-                    if complete:
-                        response.raw.release_conn()  # keep-alive: back to the pool
-                    else:
-                        response.close()  # unread bytes: never reuse this connection
-        return outcome
-
-    def _secrets(self, body: Mapping[str, Any] | None) -> list[str]:
-        """Every credential known for a request, for redacting its error."""
-        found = [self.auth.key]
-        if body is not None:
-            _collect_secrets(body, found)
-        return found
-
-
-def _new_http_session() -> requests.Session:
-    """A requests session sized for a threaded web app, refusing cookies."""
-    http_session = requests.Session()
-    adapter = _WatchedAdapter(
-        pool_connections=4, pool_maxsize=DEFAULT_POOL_MAXSIZE, max_retries=0
-    )
-    http_session.mount("https://", adapter)
-    http_session.mount("http://", adapter)
-    # A cookie set for one user's request must not ride along on another's.
-    http_session.cookies.set_policy(
-        http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-    )
-    return http_session
-
-
-def _read_body(
-    response: requests.Response, cap: int, deadline: float
-) -> tuple[bytes, str | None, bool]:
-    """Read at most ``cap`` decoded bytes before ``deadline``.
-
-    Returns (body, problem, complete): ``problem`` says why the body is not all
-    there (too large, an encoding we cannot decode); ``complete`` is True when
-    the whole body was read and the connection may be reused.
-    """
-    raw = response.raw
-    read = getattr(raw, "read1", None) or raw.read
-    encoding = (response.headers.get("content-encoding") or "identity").strip().lower()
-    decoder: Any = None
-    if encoding in ("gzip", "x-gzip"):
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        decoder = zlib.decompressobj()
-    elif encoding not in ("identity", ""):
-        return b"", f"unsupported Content-Encoding {encoding[:40]!r}", False
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if _now() >= deadline:
-            raise _DeadlineExceeded
-        chunk = read(_READ_CHUNK, decode_content=False)
-        if not chunk:
-            return b"".join(chunks), None, True
-        if decoder is not None:
-            try:
-                chunk = decoder.decompress(chunk, cap - size + 1)
-                # Bounded inflation: never more than the cap, whatever the ratio.
-                if decoder.unconsumed_tail:
-                    size = cap + 1
-            except zlib.error:
-                return b"".join(chunks), f"body is not valid {encoding}", False
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > cap:
-            body = b"".join(chunks)[:cap]
-            return body, f"body larger than {cap} bytes", False
-
-
-def _transport_failure(exc: BaseException, timed_out: bool) -> _Failure:
-    """A requests/urllib3 exception as a failure reason (URL credentials scrubbed)."""
-    reason = _scrub_urls(_clean(str(exc)[:MAX_ERROR_BODY_BYTES]))
-    if timed_out:
-        return _Failure("deadline exceeded", sent=True, timeout=True)
-    timeout = isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError))
-    timeout = (
-        timeout or isinstance(exc, socket.timeout) or "timed out" in reason.lower()
-    )
-    return _Failure(reason, sent=not _never_sent(exc), timeout=timeout)
+                pool._put_conn(conn)  # type: ignore[attr-defined]
+        except (_Expired, *_TRANSPORT_ERRORS) as exc:
+            reason = _redact(f"{type(exc).__name__}: {exc}", (self.auth.key,))
+            _log.warning("could not warm %s: %s", self.base_url, reason)
+            return False
+        finally:
+            _call.expires_at = math.inf
+        return True
 
 
 def _never_sent(exc: BaseException) -> bool:
     """True when the request certainly did not reach the server."""
-    if isinstance(exc, requests.ConnectTimeout):
+    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.InvalidURL)):
         return True
-    if isinstance(
-        exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader)
-    ):
+    if isinstance(exc, requests.exceptions.InvalidHeader):
         return True
-    if isinstance(exc, requests.ConnectionError) and exc.args:
-        reason = getattr(exc.args[0], "reason", None)
-        # NewConnectionError (refused, DNS) is a ConnectTimeoutError in urllib3 2.
-        return isinstance(
-            reason,
-            (
-                urllib3.exceptions.NewConnectionError,
-                urllib3.exceptions.ConnectTimeoutError,
-            ),
-        )
-    return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # Refused, DNS, connect timeout (urllib3 2's NewConnectionError is one too).
+    return isinstance(exc, requests.ConnectionError) and isinstance(
+        reason, urllib3.exceptions.ConnectTimeoutError
+    )
 
 
-def _may_have_acted(outcome: _Outcome) -> bool:
-    """Whether a failed attempt may have reached the server and done the work."""
-    if outcome.failure is not None:
-        return outcome.failure.sent
-    return outcome.status >= 500 and outcome.status != 503
-
-
-def _error_from(
-    outcome: _Outcome,
-    method: str,
-    path: str,
+def _error(
+    result: _Result,
     retry_after: float | None,
-    secrets: Sequence[str | None],
+    auth: _BearerAuth,
+    payload: _Payload | None,
 ) -> AvaturnError:
-    """The typed, redacted error for the outcome the loop gave up on."""
-    failure = outcome.failure
-    if failure is not None:
-        kind = APITimeoutError if failure.timeout else APIConnectionError
-        what = "timed out" if failure.timeout else "failed"
-        reason = _REDACTOR.text(failure.reason, secrets, limit=_MAX_DETAIL_CHARS)
+    """The typed, redacted error for the attempt the loop gave up on."""
+    method, path = result.method, result.path
+    secrets = _known_secrets((auth.key, *(payload.secrets if payload else ())))
+    if result.failure is not None:
+        kind = APITimeoutError if result.timed_out else APIConnectionError
+        what = "timed out" if result.timed_out else "failed"
         return kind(
-            f"{method} {path} {what}: {reason}",
+            f"{method} {path} {what}: {_redact(result.failure, secrets)}",
             method=method,
             path=path,
-            request_sent=failure.sent,
+            request_sent=result.sent,
         )
-    status = outcome.status
-    if status < 400:
-        why = outcome.problem or "not followed (check the base URL)"
-        kind_text = "redirect" if 300 <= status < 400 else "response"
+    if result.status < 400:
+        why = result.problem or "not followed (check the base URL)"
+        kind_text = "redirect" if 300 <= result.status < 400 else "response"
         return APIResponseError(
-            f"{status} {kind_text} from {method} {path}: {why}",
-            status_code=status,
+            f"{result.status} {kind_text} from {method} {path}: {why}",
+            status_code=result.status,
             method=method,
             path=path,
         )
-    return _status_error(outcome, method, path, retry_after, secrets)
-
-
-def _status_error(
-    outcome: _Outcome,
-    method: str,
-    path: str,
-    retry_after: float | None,
-    secrets: Sequence[str | None],
-) -> APIStatusError:
-    """Build the typed, redacted error for a 4xx/5xx answer."""
-    text = outcome.body.decode("utf-8", errors="replace")
-    parsed = _parse_json(text)
-    body: Any
-    if parsed is _NOT_JSON:
-        body = (
-            _REDACTOR.text(_plain_text(text), secrets, limit=_MAX_DETAIL_CHARS) or None
-        )
-    else:
-        body = _REDACTOR.json(parsed, secrets)
+    text = result.body.decode("utf-8", errors="replace")
+    try:
+        body = _redact_json(json.loads(text), secrets)
+    except (ValueError, RecursionError):
+        body = _redact(_TAGS.sub(" ", text), secrets) or None
     detail = body
     if isinstance(body, dict):
-        detail = next(
-            (body[k] for k in ("detail", "message", "error") if k in body), body
-        )
-    request_id = outcome.headers.get("x-request-id")
+        for key in ("detail", "message", "error"):
+            if key in body:
+                detail = body[key]
+                break
+    request_id = result.headers.get("x-request-id")
     if request_id is not None:
-        request_id = _REDACTOR.text(request_id, secrets, limit=100) or None
-    return _error_class(outcome.status)(
-        status_code=outcome.status,
+        request_id = _redact(request_id, secrets, limit=100) or None
+    return _error_class(result.status)(
+        status_code=result.status,
         detail=detail,
         request_id=request_id,
         method=method,
@@ -1381,80 +1491,6 @@ def _error_class(status: int) -> type[APIStatusError]:
     return APIStatusError
 
 
-_NOT_JSON = object()
-
-
-def _parse_json(text: str) -> Any:
-    """``json.loads``, or ``_NOT_JSON`` for anything it cannot take (bad or too deep)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
-
-
-def _json_object(outcome: _Outcome, method: str, path: str) -> dict[str, Any]:
-    """The JSON object of a 2xx answer, else APIResponseError."""
-    payload = _decode_object(outcome.body)
-    if payload is None:
-        raise APIResponseError(
-            f"{outcome.status} response to {method} {path} is not a JSON object",
-            status_code=outcome.status,
-            method=method,
-            path=path,
-        )
-    return payload
-
-
-def _decode_object(body: bytes) -> dict[str, Any] | None:
-    """A UTF-8 JSON object, or None (kept apart so no raising frame holds the body)."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    payload = _parse_json(text)
-    return payload if isinstance(payload, dict) else None
-
-
-def _string_field(
-    payload: Mapping[str, Any], name: str, outcome: _Outcome, method: str, path: str
-) -> str:
-    """A non-empty string field of a 2xx JSON object, else APIResponseError."""
-    value = payload.get(name)
-    if not isinstance(value, str) or not value:
-        raise APIResponseError(
-            f"{outcome.status} response to {method} {path} has no {name!r} string",
-            status_code=outcome.status,
-            method=method,
-            path=path,
-        )
-    return value
-
-
-def _log_attempt(
-    method: str, path: str, outcome: str, started: float, attempt: int
-) -> None:
-    if _log.isEnabledFor(logging.DEBUG):
-        elapsed = (_now() - started) * 1000
-        _log.debug(
-            "%s %s -> %s in %.1f ms (attempt %d)",
-            method,
-            path,
-            outcome,
-            elapsed,
-            attempt,
-        )
-
-
-def _short_reason(outcome: _Outcome) -> str:
-    """A retried attempt's reason for the WARNING line: no server text at all."""
-    if outcome.failure is not None:
-        return outcome.label()
-    try:
-        return f"{outcome.status} {http.HTTPStatus(outcome.status).phrase}"
-    except ValueError:
-        return str(outcome.status)
-
-
 class _BearerAuth(requests.auth.AuthBase):
     """Sets ``Authorization: Bearer``; keeps the key out of reprs and session headers."""
 
@@ -1469,244 +1505,164 @@ class _BearerAuth(requests.auth.AuthBase):
         return "_BearerAuth(***)"
 
 
-# -- pooled minting clients (shared per process) ------------------------------ #
-
-_shared_http_session: requests.Session | None = None
-
-
-def _shared_http() -> requests.Session:
-    """The pooled session every Cartesia mint of this process sends through."""
-    global _shared_http_session
-    http_session = _shared_http_session
-    if http_session is None:
-        with _default_lock:
-            if _shared_http_session is None:
-                _shared_http_session = _new_http_session()
-            http_session = _shared_http_session
+def _new_http_session() -> requests.Session:
+    """A requests session sized for a threaded web app, on our connections, refusing cookies."""
+    http_session = requests.Session()
+    adapter = _Adapter(
+        pool_connections=4, pool_maxsize=DEFAULT_POOL_MAXSIZE, max_retries=0
+    )
+    http_session.mount("https://", adapter)
+    http_session.mount("http://", adapter)
+    # A cookie set for one user's request must not ride along on another's.
+    http_session.cookies.set_policy(
+        http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    )
     return http_session
 
 
-class _OpenAIPool:
-    """``openai.OpenAI`` clients kept per (key, base URL, organization, project).
+# -- our connections: the deadline over name resolution, sending and every read #
 
-    Built lazily and thread-safely, with our timeouts; at most
-    ``_OPENAI_POOL_SIZE``, least recently used dropped first (not closed: a
-    thread may still be using it; its connections close when it is collected).
-    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: OrderedDict[tuple[str | None, ...], Any] = OrderedDict()
+class _Reader(socket.SocketIO):
+    """A response's socket reads: none starts after the call's deadline, none
+    waits past it. (requests' read timeout bounds each read alone, so a server
+    trickling a byte a second could otherwise hold a worker for minutes.)"""
 
-    def __repr__(self) -> str:
-        return f"_OpenAIPool({len(getattr(self, '_clients', ()))} clients)"
+    expires_at = math.inf
+    read_timeout: float | None = None
 
-    def get(self, api_key: str | None) -> Any:
-        auth = _BearerAuth(
-            _check_key(_resolve_key(api_key, "OPENAI_API_KEY", "an OpenAI API key"))
+    def readinto(self, buffer: Any) -> int | None:
+        left = self.expires_at - _now()
+        if left <= 0:
+            raise _Expired(sent=True)
+        wait = left if self.read_timeout is None else min(left, self.read_timeout)
+        self._sock.settimeout(wait)  # type: ignore[attr-defined]
+        return super().readinto(buffer)
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's response, reading through ``_Reader``."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        # The reader socket.makefile made (it keeps the socket open while we
+        # read), turned into ours: only its readinto differs.
+        reader = self.fp.raw
+        reader.__class__ = _Reader
+        reader = cast(_Reader, reader)
+        reader.expires_at = _call.expires_at
+        reader.read_timeout = sock.gettimeout()
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    """urllib3's connection, bounded by the calling thread's deadline; not
+    reused once idle past ``KEEPALIVE_EXPIRY``."""
+
+    response_class = _Response
+    reusable_until = math.inf
+
+    def _new_conn(self) -> socket.socket:
+        # getaddrinfo cannot be interrupted: it runs in a helper thread that
+        # is waited for only until the deadline (then left to finish alone).
+        host = self._dns_host
+        found: list[Any] = []
+        lookup = threading.Thread(
+            target=_lookup, args=(host, self.port, found), daemon=True
         )
-        openai = _import_openai()  # before the key sits in a plain local below
-        # What openai.OpenAI reads from the environment when it is built.
-        settings = (auth.key, *map(os.environ.get, _OPENAI_SETTINGS))
-        with self._lock:
-            client = self._clients.get(settings)
-            if client is not None:
-                self._clients.move_to_end(settings)
-                return client
-        connect, read = DEFAULT_TIMEOUT
-        timeout = openai.Timeout(read, connect=connect)
-        client = openai.OpenAI(api_key=auth.key, timeout=timeout)
-        with self._lock:
-            client = self._clients.setdefault(settings, client)
-            self._clients.move_to_end(settings)
-            while len(self._clients) > _OPENAI_POOL_SIZE:
-                self._clients.popitem(last=False)
-        return client
+        lookup.start()
+        lookup.join(max(0.0, _call.expires_at - _now()))
+        if not found:
+            raise _Expired(sent=False)
+        if isinstance(found[0], Exception):
+            raise urllib3.exceptions.NameResolutionError(self.host, self, found[0])  # type: ignore[arg-type]
+        error: Exception = _Expired(sent=False)
+        for *_, address in found[0]:
+            if _now() >= _call.expires_at:
+                raise _Expired(sent=False)
+            self._dns_host = address[0]
+            try:
+                sock = super()._new_conn()
+            except urllib3.exceptions.ConnectTimeoutError as exc:  # refused too
+                error = exc
+                continue
+            finally:
+                self._dns_host = host
+            self.reusable_until = _now() + KEEPALIVE_EXPIRY
+            return sock
+        raise error
 
-    def close(self) -> None:
-        with self._lock:
-            clients = list(self._clients.values())
-            self._clients.clear()
-        for client in clients:
-            client.close()
+    def send(self, data: Any) -> None:
+        if self.sock is None:
+            self.connect()  # http.client would connect inside send: first, here
+        if _now() >= _call.expires_at:
+            raise _Expired(sent=False)  # nothing goes out after the deadline
+        super().send(data)
 
-
-_OPENAI_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")
-_OPENAI_POOL = _OpenAIPool()
-
-
-def _sdk_failure(exc: BaseException, api_key: str | None, client: object) -> str:
-    """An SDK exception as one redacted line (no key local stays in the caller's frame)."""
-    client_key = getattr(client, "api_key", None)
-    known = (api_key, client_key if isinstance(client_key, str) else None)
-    return _REDACTOR.text(f"{type(exc).__name__}: {exc}", known)
-
-
-def _import_openai() -> Any:
-    """The openai module; ConfigurationError where it is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("openai") is None:
-        raise ConfigurationError(
-            "minting an OpenAI client secret needs the openai package: "
-            "pip install 'avaturn-session[openai]'"
-        )
-    import openai
-
-    return openai
-
-
-# -- the deadline watchdog: bounds a trickle of headers or body -------------- #
-
-
-class _Watch:
-    """One attempt under watch: its deadline, its socket once known, whether it fired."""
-
-    __slots__ = ("deadline", "fired", "sock")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.sock: object = None
-        self.fired = False
-
-    def __repr__(self) -> str:
-        return f"_Watch(fired={getattr(self, 'fired', None)})"
-
-
-class _Watchdog:
-    """One daemon thread that shuts down the socket of an attempt past its deadline.
-
-    requests' read timeout applies to each read, so a server trickling a byte
-    a second would hold a worker for minutes; shutting the socket down ends
-    the blocked read at once, whatever its timeout.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._watches: set[_Watch] = set()
-        self._wake_at = math.inf
-        self._thread: threading.Thread | None = None
-        self._local = threading.local()
-
-    @contextlib.contextmanager
-    def watch(self, deadline: float) -> Iterator[_Watch]:
-        """Watch the calling thread's next request until the block ends."""
-        watch = _Watch(deadline)
-        with self._cond:
-            self._watches.add(watch)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="avaturn-session-deadline", daemon=True
-                )
-                self._thread.start()
-            if deadline < self._wake_at:
-                self._cond.notify()
-        self._local.watch = watch
-        try:
-            yield watch
-        finally:
-            self._local.watch = None
-            with self._cond:
-                self._watches.discard(watch)
-
-    def arm(self, sock: object) -> None:
-        """Called by our connections before reading a response: the socket to cut."""
-        watch = getattr(self._local, "watch", None)
-        if watch is None or sock is None:
-            return
-        with self._cond:
-            watch.sock = sock
-            if watch.fired:
-                _shutdown(sock)
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                now = _now()
-                for watch in [w for w in self._watches if w.deadline <= now]:
-                    self._watches.discard(watch)
-                    watch.fired = True
-                    if watch.sock is not None:
-                        _shutdown(watch.sock)
-                self._wake_at = min(
-                    (w.deadline for w in self._watches), default=math.inf
-                )
-                timeout = None if self._wake_at == math.inf else self._wake_at - now
-                self._cond.wait(timeout)
-
-
-def _shutdown(sock: object) -> None:
-    """End a blocked read on ``sock`` from another thread (TLS state untouched)."""
-    # urllib3's TLS-in-TLS transport wraps the real socket as ``.socket``.
-    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
-    if isinstance(raw, socket.socket):
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(raw, socket.SHUT_RDWR)
-
-
-_WATCHDOG = _Watchdog()
-
-
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
     def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        _WATCHDOG.arm(self.sock)
-        return super().getresponse()
+        response = super().getresponse()
+        # Idle time counts from here; a server's shorter Keep-Alive timeout wins.
+        match = _KEEP_ALIVE_TIMEOUT.search(response.headers.get("keep-alive", ""))
+        expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
+        self.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
+        return response
+
+    @property
+    def is_connected(self) -> bool:
+        return _now() < self.reusable_until and super().is_connected
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        _WATCHDOG.arm(self.sock)
-        return super().getresponse()
+class _TLSConnection(_Connection, urllib3.connection.HTTPSConnection):
+    """``_Connection`` over TLS."""
 
 
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
 
 
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
 
 
-_WATCHED_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {
-    "http": _WatchedHTTPPool,
-    "https": _WatchedHTTPSPool,
-}
+_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
+_KEEP_ALIVE_TIMEOUT = re.compile(r"timeout=(\d{1,6})")
 
 
-class _WatchedAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections tell the watchdog their socket."""
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter on our connections (direct and through HTTP proxies)."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+        self.poolmanager.pool_classes_by_scheme = _POOLS
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if manager.pool_classes_by_scheme is urllib3.poolmanager.pool_classes_by_scheme:
-            manager.pool_classes_by_scheme = _WATCHED_POOLS  # not SOCKS: it has its own
+        if not proxy.lower().startswith("socks"):  # SOCKS has connections of its own
+            manager.pool_classes_by_scheme = _POOLS
         return manager
+
+
+def _lookup(host: str, port: int, found: list[Any]) -> None:
+    """getaddrinfo for ``_Connection``, run in a helper thread."""
+    try:
+        found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+    except (OSError, UnicodeError) as exc:
+        found.append(exc)
 
 
 # -- fork safety -------------------------------------------------------------- #
 
 # Transports with a pool of their own; each gets a fresh pool in a forked child.
-_LIVE_TRANSPORTS: weakref.WeakSet[_Transport] = weakref.WeakSet()
+_OWN_POOLS: weakref.WeakSet[_Transport] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child shares no connection, lock or thread with its parent.
-
-    The parent's pools are dropped, never closed: closing would not touch the
-    parent's sockets, but nothing of theirs may be used here either.
-    """
-    global _default_lock, _WATCHDOG, _OPENAI_POOL, _shared_http_session
-    _default_lock = threading.Lock()
-    _WATCHDOG = _Watchdog()
-    _OPENAI_POOL = _OpenAIPool()
+    """A forked child shares no connection or lock with its parent. The
+    parent's pools are dropped, never closed: nothing of theirs is used here."""
+    global _lock, _shared_http_session
+    _lock = threading.Lock()
     _shared_http_session = None
-    _REDACTOR.reset_lock()
-    for transport in list(_LIVE_TRANSPORTS):
-        transport.reset_after_fork()
+    for transport in list(_OWN_POOLS):
+        transport.http = _new_http_session()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
@@ -1718,23 +1674,25 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 # --------------------------------------------------------------------------- #
 
 
-def _should_retry(method: str, outcome: _Outcome) -> bool:
+def _should_retry(method: str, result: _Result, retry_after: float | None) -> bool:
     """Whether a failed attempt may be sent again without risking double work."""
-    failure = outcome.failure
+    # Waiting minutes would block the caller's web request.
+    if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+        return False
     # The request never reached the server (refused, DNS, connect timeout): safe for all.
-    if failure is not None and not failure.sent:
+    if result.failure is not None and not result.sent:
         return True
     # 429 and 503: the server turned the request away without doing it.
-    if outcome.status in (429, 503):
+    if result.status in (429, 503):
         return True
     # Past this point the server may have done the work: only DELETE is idempotent.
     if method != "DELETE":
         return False
     # DELETE: read timeouts, resets and cut-off bodies after sending.
-    if failure is not None:
+    if result.failure is not None:
         return True
     # DELETE: transient server and gateway failures.
-    return outcome.status in (500, 502, 504)
+    return result.status in (500, 502, 504)
 
 
 def _retry_delay(retries_done: int, retry_after: float | None) -> float:
@@ -1760,10 +1718,8 @@ def _now() -> float:
     return time.monotonic()
 
 
-def _parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
-    if not value:
-        return None
+def _parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if bad."""
     value = value.strip()[:64]
     try:
         seconds = float(value)
@@ -1848,7 +1804,6 @@ def _build_create_body(
                     f"extra repeats {key!r}: pass it as the {_NAMED_FIELDS[key]!r} parameter"
                 )
             body[key] = value
-        _check_json(dict(extra), "extra")  # the engine was checked on its own
     return body
 
 
@@ -1856,7 +1811,6 @@ def _check_engine(engine: Mapping[str, Any]) -> dict[str, Any]:
     """Validate an engine mapping; returns a shallow copy. Unknown types pass through."""
     if not isinstance(engine, Mapping):
         raise ConfigurationError("engine must be a mapping with a 'type'")
-    _check_json(engine, "engine")
     kind = engine.get("type")
     if not isinstance(kind, str) or not kind:
         raise ConfigurationError("engine needs a non-empty string 'type'")
@@ -1872,22 +1826,19 @@ def _check_engine(engine: Mapping[str, Any]) -> dict[str, Any]:
                 "text-echo engine needs tts.voice_id, a non-empty string"
             )
     if kind == "external":
-        _check_external(engine)
+        parts = _split_url(engine["url"], "external engine url")
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ConfigurationError(
+                "external engine url must be a ws:// or wss:// URL"
+            )
+        if engine.get("headers") is not None:
+            _check_headers(engine["headers"])
+        audio = engine.get("audio")
+        if audio is not None:
+            user = audio.get("user") if isinstance(audio, Mapping) else None
+            rate = user.get("sample_rate") if isinstance(user, Mapping) else None
+            _check_int(rate, "user_sample_rate", 1, None)
     return dict(engine)
-
-
-def _check_external(engine: Mapping[str, Any]) -> None:
-    parts = _split_url(engine["url"], "external engine url")
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ConfigurationError("external engine url must be a ws:// or wss:// URL")
-    headers = engine.get("headers")
-    if headers is not None:
-        _check_headers(headers)
-    audio = engine.get("audio")
-    if audio is not None:
-        user = audio.get("user") if isinstance(audio, Mapping) else None
-        rate = user.get("sample_rate") if isinstance(user, Mapping) else None
-        _check_int(rate, "user_sample_rate", 1, None)
 
 
 def _check_headers(headers: object) -> None:
@@ -1909,18 +1860,11 @@ def _check_text(value: object, name: str) -> str:
     """A non-empty string that encodes as UTF-8 (no lone surrogates)."""
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{name} must be a non-empty string")
-    if not _is_utf8(value):
-        raise ConfigurationError(f"{name} is not valid Unicode text")
-    return value
-
-
-def _is_utf8(text: str) -> bool:
-    """False for strings UTF-8 cannot encode (lone surrogates)."""
     try:
-        text.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        raise ConfigurationError(f"{name} is not valid Unicode text") from None
+    return value
 
 
 def _check_int(value: object, name: str, low: int, high: int | None) -> int:
@@ -1934,71 +1878,19 @@ def _check_int(value: object, name: str, low: int, high: int | None) -> int:
     return value
 
 
-def _check_json(value: object, name: str) -> None:
-    """JSON we can send: plain types, string keys, UTF-8 text, not too deep."""
-    problem = _json_problem(value, 0)
-    if problem is None:
-        try:
-            _dumps(value)
-        except (TypeError, ValueError, RecursionError) as exc:
-            problem = _clean(str(exc))[:200]
-    if problem is not None:
-        raise ConfigurationError(f"{name} is not JSON-serialisable: {problem}")
-
-
-def _dumps(value: object) -> bytes:
-    """Compact UTF-8 JSON, as sent."""
-    return json.dumps(
-        value, allow_nan=False, ensure_ascii=False, separators=(",", ":")
-    ).encode("utf-8")
-
-
-def _json_problem(value: object, depth: int) -> str | None:
-    """Why ``value`` cannot be sent as JSON, or None (depth-bounded recursion).
-
-    Checks run most common type first; ``dict`` before the slower ABC check.
-    """
-    if depth > _MAX_JSON_DEPTH:
-        return f"nested deeper than {_MAX_JSON_DEPTH} levels"
-    if isinstance(value, str):
-        return None if _is_utf8(value) else "a string is not valid Unicode text"
-    if value is None or isinstance(value, (bool, float)):
-        return None
-    if isinstance(value, int):
-        return None if -(10**4000) < value < 10**4000 else "an integer is too large"
-    if isinstance(value, (dict, Mapping)):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return "object keys must be strings"
-            problem = _json_problem(key, depth + 1) or _json_problem(item, depth + 1)
-            if problem:
-                return problem
-        return None
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-        return None
-    return f"{type(value).__name__} is not a JSON type"
-
-
-def _resolve_key(given: str | None, variable: str, what: str) -> str:
-    key = given if given is not None else os.environ.get(variable)
-    if not key:
+def _auth(given: str | None, variable: str, what: str) -> _BearerAuth:
+    """The API key from the argument or the environment, checked, and wrapped at
+    once: no frame of ours holds an environment key in a plain local."""
+    auth = _BearerAuth(given if given is not None else os.environ.get(variable, ""))
+    if not auth.key:
         raise ConfigurationError(f"{what} is needed: pass api_key or set {variable}")
-    return key
-
-
-def _check_key(key: object) -> str:
-    """Refuse keys that could inject headers or fail to encode."""
-    if not isinstance(key, str) or not key:
+    if not isinstance(auth.key, str):
         raise ConfigurationError("the API key must be a non-empty string")
-    if not _KEY_CHARS.fullmatch(key):
+    if not _KEY_CHARS.fullmatch(auth.key):
         raise ConfigurationError(
             "the API key contains whitespace, control or non-ASCII characters"
         )
-    return key
+    return auth
 
 
 def _split_url(url: object, name: str) -> urllib.parse.SplitResult:
@@ -2017,15 +1909,6 @@ def _split_url(url: object, name: str) -> urllib.parse.SplitResult:
 
 def _check_base_url(url: object) -> str:
     """``https://`` URL (``http://`` only for loopback hosts), without a trailing slash."""
-    if not isinstance(url, str):
-        raise ConfigurationError("base_url must be a string")
-    return _checked_base_url(url)
-
-
-@functools.lru_cache(maxsize=64)
-def _checked_base_url(url: str) -> str:
-    """``_check_base_url`` for a string, cached: the same few URLs come back on
-    every call (errors are not cached)."""
     parts = _split_url(url, "base_url")
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
@@ -2044,9 +1927,7 @@ def _checked_base_url(url: str) -> str:
     try:  # what requests itself would refuse at send time (bad IDNA host, ...)
         requests.PreparedRequest().prepare_url(root + _PATH_SESSIONS, None)
     except (requests.RequestException, ValueError):
-        root = ""
-    if not root:
-        raise ConfigurationError("base_url is not a valid URL")
+        raise ConfigurationError("base_url is not a valid URL") from None
     return root
 
 
@@ -2055,7 +1936,7 @@ def _is_loopback(host: str | None) -> bool:
         return False
     if host == "localhost":
         return True
-    import ipaddress  # only here: most hosts are names, checked above
+    import ipaddress  # only here: most hosts are names
 
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -2086,7 +1967,7 @@ def _check_seconds(value: object, name: str) -> float:
     return float(value)
 
 
-def _timeout_pair(timeout: _Timeout) -> tuple[float, float]:
+def _pair(timeout: _Timeout) -> tuple[float, float]:
     return timeout if isinstance(timeout, tuple) else (timeout, timeout)
 
 
@@ -2132,144 +2013,58 @@ _USERINFO = re.compile(r"//[^/@\s]+@")
 _QUERY = re.compile(r"\?[^\s'\")\]]*")
 _TAGS = re.compile(r"<[^>]{0,200}>")
 
-
-class _Redactor:
-    """The one place that removes secrets from what the library shows.
-
-    Secrets are the values it is given (keys, engine credentials) plus every
-    session token this process received (the last ``_REMEMBERED_TOKENS``), so a
-    token one client received is scrubbed from another client's error text.
-    """
-
-    def __init__(self) -> None:
-        self._tokens: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
-        self._lock = threading.Lock()
-
-    def remember(self, token: str) -> None:
-        with self._lock:
-            self._tokens.append(token)
-
-    def forget(self) -> None:
-        """Drop every remembered token (tests start from a clean slate)."""
-        with self._lock:
-            self._tokens.clear()
-
-    def reset_lock(self) -> None:
-        self._lock = threading.Lock()
-
-    def secrets(self, extra: Sequence[str | None] = ()) -> list[str]:
-        with self._lock:
-            found = {
-                s for s in (*extra, *self._tokens) if s and len(s) >= _MIN_SECRET_CHARS
-            }
-        return sorted(found, key=len, reverse=True)
-
-    def text(
-        self,
-        text: str,
-        extra: Sequence[str | None] = (),
-        *,
-        limit: int = _MAX_DETAIL_CHARS,
-    ) -> str:
-        """One clean line: bounded, no control characters, URL credentials or
-        queries, and no known secret (nor a secret's prefix cut by the bound)."""
-        secrets = self.secrets(extra)
-        text = self._string(text, secrets)
-        for secret in secrets:
-            # A body cut at its cap may end with the first part of a secret.
-            tail = text[-len(secret) :]
-            for cut in range(len(tail), 3, -1):
-                if tail.endswith(secret[:cut]):
-                    text = text[:-cut] + _REDACTED
-                    break
-        text = " ".join(text.split())
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-
-    def json(self, value: Any, extra: Sequence[str | None] = ()) -> Any:
-        """A copy of a JSON value: credentials (by key or value) as ``***``,
-        keys and strings cleaned, nesting cut at ``_MAX_JSON_DEPTH``."""
-        return self._json(value, self.secrets(extra), False, 0)
-
-    def _json(self, value: Any, secrets: list[str], hidden: bool, depth: int) -> Any:
-        if depth > _MAX_JSON_DEPTH:
-            return "..."
-        if isinstance(value, Mapping):
-            out = {}
-            for key, item in value.items():
-                name = self._string(str(key), secrets)
-                secret = hidden or str(key).lower() in _SECRET_KEYS
-                out[name] = self._json(item, secrets, secret, depth + 1)
-            return out
-        if isinstance(value, list):
-            return [self._json(item, secrets, hidden, depth + 1) for item in value]
-        if isinstance(value, str):
-            return _REDACTED if hidden else self._string(value, secrets)
-        return value
-
-    @staticmethod
-    def _string(text: str, secrets: list[str]) -> str:
-        """Bounded, control characters out, known secrets and URL credentials as ``***``."""
-        text = _clean(text[:MAX_ERROR_BODY_BYTES])
-        for secret in secrets:
-            text = text.replace(secret, _REDACTED)
-        return _scrub_urls(text)
+# The last session tokens this process received (appends and copies are
+# atomic under the GIL, so no lock): scrubbed from every later error.
+_TOKENS: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
 
 
-_REDACTOR = _Redactor()
+def _known_secrets(extra: Sequence[str | None]) -> list[str]:
+    """The secrets to scrub, longest first: ``extra`` and every remembered token."""
+    found = set()
+    for secret in (*extra, *tuple(_TOKENS)):
+        if secret and len(secret) >= _MIN_SECRET_CHARS:
+            found.add(secret)
+    return sorted(found, key=len, reverse=True)
 
 
-def _clean(text: str) -> str:
-    """Control characters (ESC, BEL, CR, ...) as spaces."""
-    return _CONTROL.sub(" ", text)
+def _redact(
+    text: str, secrets: Sequence[str], *, limit: int = _MAX_DETAIL_CHARS
+) -> str:
+    """One clean line: bounded, no control characters, URL credentials or
+    queries, and no known secret (nor a secret's start cut off at the end)."""
+    text = _CONTROL.sub(" ", text[:MAX_ERROR_BODY_BYTES])
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+        # A body cut at its cap may end with the first part of a secret.
+        for cut in range(min(len(secret), len(text)), _MIN_SECRET_CHARS - 1, -1):
+            if text.endswith(secret[:cut]):
+                text = text[:-cut] + _REDACTED
+                break
+    text = " ".join(_QUERY.sub("?***", _USERINFO.sub("//***@", text)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _scrub_urls(text: str) -> str:
-    """URL userinfo (``//user:pass@``) and query strings as ``***``."""
-    return _QUERY.sub("?***", _USERINFO.sub("//***@", text))
-
-
-def _collect_secrets(value: object, found: list[str], secret: bool = False) -> None:
-    """Append every credential-looking string inside a JSON-like value to ``found``."""
-    if isinstance(value, str):
-        if secret:
-            found.append(value)
-    elif isinstance(value, Mapping):
+def _redact_json(
+    value: Any, secrets: Sequence[str], hidden: bool = False, depth: int = 0
+) -> Any:
+    """A copy of a JSON value: credentials (by key or value) as ``***``, keys
+    and strings cleaned, nesting cut at ``_MAX_JSON_DEPTH``."""
+    if depth > _MAX_JSON_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        out = {}
         for key, item in value.items():
-            _collect_secrets(item, found, secret or str(key).lower() in _SECRET_KEYS)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _collect_secrets(item, found, secret)
-
-
-def _plain_text(text: str) -> str:
-    """An error body as one line: HTML tags dropped, whitespace folded (bounded)."""
-    return " ".join(_TAGS.sub(" ", text[:MAX_ERROR_BODY_BYTES]).split())
-
-
-def _render_detail(detail: Any) -> str:
-    """A server ``detail`` (string, FastAPI list, or any JSON) as one clean line."""
-    if detail is None or detail == "":
-        return ""
-    if isinstance(detail, str):
-        text = detail
-    elif isinstance(detail, list) and all(isinstance(item, Mapping) for item in detail):
-        parts = []
-        for item in detail:
-            loc = item.get("loc")
-            steps = loc if isinstance(loc, list) else [] if loc is None else [loc]
-            where = ".".join(str(p) for p in steps if p != "body")
-            msg = str(item.get("msg", item))
-            parts.append(f"{where}: {msg}" if where else msg)
-        text = "; ".join(parts)
-    else:
-        try:
-            text = json.dumps(detail, default=str)
-        except (ValueError, RecursionError):
-            text = ""
-    text = " ".join(_clean(text[:MAX_ERROR_BODY_BYTES]).split())
-    if len(text) > _MAX_DETAIL_CHARS:
-        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
-    return text
+            secret = hidden or key.lower() in _SECRET_KEYS
+            name = _redact(key, secrets, limit=MAX_ERROR_BODY_BYTES)
+            out[name] = _redact_json(item, secrets, secret, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [_redact_json(item, secrets, hidden, depth + 1) for item in value]
+    if isinstance(value, str):
+        return (
+            _REDACTED if hidden else _redact(value, secrets, limit=MAX_ERROR_BODY_BYTES)
+        )
+    return value
 
 
 # --------------------------------------------------------------------------- #
@@ -2311,22 +2106,29 @@ def _build_parser() -> argparse.ArgumentParser:
 
         def error(self, message: str) -> NoReturn:
             print(
-                f"avaturn-session: error: usage: {_clean(message)} (see {self.prog} --help)",
+                f"avaturn-session: error: usage: {_CONTROL.sub(' ', message)} "
+                f"(see {self.prog} --help)",
                 file=sys.stderr,
             )
             raise SystemExit(2)
 
+    raw = argparse.RawDescriptionHelpFormatter
     parser = Parser(
         prog="avaturn-session",
-        description="Create, drive and end Avaturn.Live avatar sessions. "
-        "Keys: AVATURN_API_KEY, OPENAI_API_KEY, CARTESIA_API_KEY; "
-        "AVATURN_BASE_URL picks another API host.",
+        description="Create, drive and end Avaturn.Live avatar sessions.",
+        formatter_class=raw,
+        epilog="environment:\n"
+        "  AVATURN_API_KEY    Avaturn API key (required to send)\n"
+        "  AVATURN_BASE_URL   API host (default https://api.avaturn.live)\n"
+        "  OPENAI_API_KEY     with --openai\n"
+        "  OPENAI_BASE_URL    OpenAI API root (default https://api.openai.com/v1)\n"
+        "  CARTESIA_API_KEY   with --cartesia-agent\n"
+        "  CARTESIA_BASE_URL  Cartesia API root (default https://api.cartesia.ai)",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
 
     create = commands.add_parser(
         "create",
@@ -2405,9 +2207,10 @@ def _cli_create(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigurationError("--model, --voice and --instructions go with --openai")
     engine: Any = None
     if args.engine is not None:
-        engine = _parse_json(args.engine)
-        if engine is _NOT_JSON:
-            raise ConfigurationError("--engine is not valid JSON")
+        try:
+            engine = json.loads(args.engine)
+        except ValueError:
+            raise ConfigurationError("--engine is not valid JSON") from None
     elif args.openai:
         engine = openai_realtime_engine(_MINTED)
     elif args.cartesia_agent is not None:
@@ -2431,9 +2234,10 @@ def _cli_create(args: argparse.Namespace) -> dict[str, Any]:
         openai_session["audio"] = {"output": {"voice": args.voice}}
     # Validate every option before any credential is minted or request is sent.
     body = _build_create_body(engine, options)
+    _Payload(body)
     if args.dry_run:
         root = _check_base_url(os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL)
-        shown = _REDACTOR.json(body, _env_keys())
+        shown = _redact_json(body, _known_secrets(_env_keys()))
         minted = shown.get("conversation_engine", {})
         for name in ("client_secret", "access_token"):
             if engine is not None and engine.get(name) == _MINTED:
@@ -2467,7 +2271,9 @@ def _env_keys() -> list[str | None]:
 
 
 def _print_error(exc: BaseException) -> None:
-    text = _REDACTOR.text(f"{type(exc).__name__}: {exc}", _env_keys(), limit=2000)
+    text = _redact(
+        f"{type(exc).__name__}: {exc}", _known_secrets(_env_keys()), limit=2000
+    )
     print("avaturn-session: error: " + text, file=sys.stderr)
 
 
