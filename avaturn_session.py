@@ -297,13 +297,14 @@ class APIStatusError(AvaturnError):
 
     def __str__(self) -> str:
         """``422 Unprocessable Entity (request req_1): loc: msg``."""
+        status = getattr(self, "status_code", 0)
         try:
-            text = f"{self.status_code} {http.HTTPStatus(self.status_code).phrase}"
+            text = f"{status} {http.HTTPStatus(status).phrase}"
         except ValueError:
-            text = f"{self.status_code} Error"
-        if self.request_id:
+            text = f"{status} Error"
+        if getattr(self, "request_id", None):
             text += f" (request {self.request_id})"
-        detail = _render_detail(self.detail)
+        detail = _render_detail(getattr(self, "detail", None))
         return f"{text}: {detail}" if detail else text
 
 
@@ -850,10 +851,12 @@ class AvaturnClient:
             "token" if isinstance(session_id, str) and session_id else "session_id"
         )
         # An answer that names a session in any form: end it rather than leak it.
+        named = ""
+        if isinstance(session_id, (str, int)) and not isinstance(session_id, bool):
+            named = str(session_id)
         left_running = None
-        named = isinstance(session_id, (str, int)) and not isinstance(session_id, bool)
-        if named and not self._terminate_quietly(str(session_id), "unusable answer"):
-            left_running = str(session_id)
+        if named and not self._terminate_quietly(named, "unusable answer"):
+            left_running = named
         raise APIResponseError(
             f"{answer.status} response to POST {_PATH_SESSIONS} has no {missing!r} string",
             status_code=answer.status,
@@ -1074,15 +1077,19 @@ class _Payload:
     __slots__ = ("body", "data", "secrets")
 
     def __init__(self, body: Mapping[str, Any]) -> None:
+        problem = None
         try:
-            self.data = json.dumps(
+            text = json.dumps(
                 body, allow_nan=False, ensure_ascii=False, separators=(",", ":")
-            ).encode("utf-8")
+            )
         except (TypeError, ValueError, RecursionError) as exc:
+            # Only the reason, raised outside: the exception holds the body.
             problem = _CONTROL.sub(" ", str(exc))[:200]
-            raise ConfigurationError(
-                f"the request is not valid JSON: {problem}"
-            ) from None
+        if problem is not None:
+            raise ConfigurationError(f"the request is not valid JSON: {problem}")
+        if _SURROGATE.search(text):
+            raise ConfigurationError("the request holds text that is not valid Unicode")
+        self.data = text.encode("utf-8")
         self.body = body
         # Every string under a secret-named key (or under ``headers``), any depth.
         found: list[str] = []
@@ -1271,10 +1278,18 @@ class _Transport:
         acted = False
         while True:
             attempt += 1
+            started = _now()
             result = self._send(method, path, payload, expires_at)
             if _log.isEnabledFor(logging.DEBUG):
+                elapsed = (_now() - started) * 1000
+                what = result.label()
                 _log.debug(
-                    "%s %s -> %s (attempt %d)", method, path, result.label(), attempt
+                    "%s %s -> %s in %.1f ms (attempt %d)",
+                    method,
+                    path,
+                    what,
+                    elapsed,
+                    attempt,
                 )
             if 200 <= result.status < 300 or (gone_ok and result.status in _GONE):
                 result.acted_before = acted
@@ -1535,9 +1550,14 @@ class _Reader(socket.SocketIO):
         left = self.expires_at - _now()
         if left <= 0:
             raise _Expired(sent=True)
-        wait = left if self.read_timeout is None else min(left, self.read_timeout)
-        self._sock.settimeout(wait)  # type: ignore[attr-defined]
-        return super().readinto(buffer)
+        by_deadline = self.read_timeout is None or left < self.read_timeout
+        self._sock.settimeout(left if by_deadline else self.read_timeout)  # type: ignore[attr-defined]
+        try:
+            return super().readinto(buffer)
+        except TimeoutError:
+            if by_deadline:
+                raise _Expired(sent=True) from None
+            raise
 
 
 class _Response(http.client.HTTPResponse):
@@ -1860,10 +1880,8 @@ def _check_text(value: object, name: str) -> str:
     """A non-empty string that encodes as UTF-8 (no lone surrogates)."""
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{name} must be a non-empty string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigurationError(f"{name} is not valid Unicode text") from None
+    if _SURROGATE.search(value):
+        raise ConfigurationError(f"{name} is not valid Unicode text")
     return value
 
 
@@ -2012,6 +2030,8 @@ _KEY_CHARS = re.compile(r"[!-~]+")
 _USERINFO = re.compile(r"//[^/@\s]+@")
 _QUERY = re.compile(r"\?[^\s'\")\]]*")
 _TAGS = re.compile(r"<[^>]{0,200}>")
+# A lone surrogate: UTF-8 cannot encode it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # The last session tokens this process received (appends and copies are
 # atomic under the GIL, so no lock): scrubbed from every later error.

@@ -1,0 +1,472 @@
+"""A fake Avaturn.Live API on 127.0.0.1, for the tests and the benchmark.
+
+`FakeAvaturn` is a stdlib ThreadingHTTPServer that speaks the session API (and
+OpenAI's and Cartesia's minting endpoints, and what the browser's Web SDK asks),
+keeps the server-side truth (what it created, spoke, terminated, minted; which
+connection carried what), and misbehaves on cue (`Fault`): the hostile server a
+client must survive. Nothing here talks to any other host.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import random
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KEY = "av-test-key"
+
+# --------------------------------------------------------------------------- #
+# The fake Avaturn (also serves OpenAI's and Cartesia's minting endpoints)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour of the fake for one request.
+
+    kinds: status (answer `status`, optional `retry_after`, no work done), late
+    (do the work, answer after `delay` s), reset (do the work, reset the TCP
+    connection), html (502 proxy page, no work), truncated (do the work, send
+    half the body and close), empty (do the work, 200 with no body), redirect
+    (307, no work), echo (500 echoing the request's body, its Authorization
+    header and every session token the fake issued, with the first token also
+    as the request id and as a JSON key).
+    Hostile kinds: header_trickle / body_trickle (do the work, then send the
+    whole answer, or only its body, one byte every `delay` s), huge (`status`
+    with a 200 MB body, no work), endless (`status` with a chunked body that
+    never ends), gzip_bomb (`status`, a small gzip body that inflates to
+    256 MB), raw (`status` with `body`, `content_type` and `headers` as given).
+    """
+
+    kind: str
+    status: int = 503
+    retry_after: str | None = None
+    delay: float = 0.6
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@functools.lru_cache(maxsize=1)
+def gzip_bomb() -> bytes:
+    """256 MiB of zeros, gzipped to a few hundred KB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    return b"".join([packer.compress(zeros) for _ in range(256)] + [packer.flush()])
+
+
+HUGE_BYTES = 200 * 1024 * 1024
+# The fake stops writing an endless body after this much (bounded loops).
+ENDLESS_CAP = 512 * 1024 * 1024
+
+
+ROUTES = ("create", "say", "terminate", "openai", "cartesia")
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the stdlib's 5 resets a burst of 32 connects
+
+
+class FakeAvaturn:
+    """A stdlib ThreadingHTTPServer on a free loopback port speaking the API.
+
+    It keeps the server-side truth: `sessions` alive now, `created` (every id it
+    ever made, with the request body), `spoken` (session id, text), `attempts`
+    (a Counter per route), `connections` (TCP connections accepted).
+    """
+
+    def __init__(self, api_key: str = KEY) -> None:
+        self.api_key = api_key
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.created: dict[str, dict[str, Any]] = {}
+        self.spoken: list[tuple[str, str]] = []
+        self.attempts: Counter[str] = Counter()
+        self.connections = 0
+        self.latency = 0.0
+        self.scripts: dict[str, list[Fault]] = {route: [] for route in ROUTES}
+        self.chaos: tuple[random.Random, float, list[Fault]] | None = None
+        self.token_factory = lambda n: f"tok_{n}_secret"
+        self.minted_openai: list[dict[str, Any]] = []
+        self.minted_cartesia: list[dict[str, Any]] = []
+        self.last_headers: dict[str, dict[str, str]] = {}
+        # (route, client port) per request: which connection carried it
+        self.peers: list[tuple[str, int]] = []
+        # per trickled answer: (bytes to trickle, bytes out before the client hung up)
+        self.trickled: list[tuple[int, int]] = []
+        # The browser side: what the Web SDK asked (method, path, token, origin),
+        # every body sent to a browser, the SDK file and a page to serve.
+        self.sdk_calls: list[dict[str, str | None]] = []
+        self.to_browser: list[bytes] = []
+        self.sdk_file: Path | None = None
+        self.page = ""
+        self._n = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 15  # idle keep-alive connections end by themselves
+
+            def setup(self) -> None:
+                super().setup()
+                # headers and body go out in two writes: without this, Nagle and
+                # delayed ACKs add ~40 ms to every response
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with fake.lock:
+                    fake.connections += 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                if self.path.startswith(("/_sdk/", "/_test/")):
+                    return fake._browser(self, "POST")
+                fake._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                fake._browser(self, "GET")
+
+            def do_OPTIONS(self) -> None:
+                fake._browser(self, "OPTIONS")
+
+            def do_DELETE(self) -> None:
+                fake._handle(self, "DELETE")
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server.handle_error = lambda *args: (
+            None
+        )  # resets and late writes are expected
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- scripting ---------------------------------------------------------- #
+
+    def script(self, route: str, *faults: Fault) -> None:
+        """Queue faults for the next requests to `route`, one per request."""
+        self.scripts[route].extend(faults)
+
+    def set_chaos(self, seed: int, rate: float, faults: list[Fault]) -> None:
+        """Inject a fault from `faults` into a `rate` share of requests, seeded."""
+        self.chaos = (random.Random(seed), rate, faults)
+
+    def _next_fault(self, route: str) -> Fault | None:
+        with self.lock:
+            if self.scripts[route]:
+                return self.scripts[route].pop(0)
+            if self.chaos is not None:
+                rng, rate, faults = self.chaos
+                if rng.random() < rate:
+                    return rng.choice(faults)
+        return None
+
+    # -- serving ------------------------------------------------------------ #
+
+    def _handle(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        path = urllib.parse.urlsplit(h.path).path
+        route, session_id = self._route(method, path)
+        if route is None:
+            return self._reply(h, 404, {"detail": "Not Found"})
+        with self.lock:
+            self.attempts[route] += 1
+            self.last_headers[route] = {k.lower(): v for k, v in h.headers.items()}
+            self.peers.append((route, h.client_address[1]))
+        fault = self._next_fault(route)
+        auth = h.headers.get("Authorization", "")
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        if fault is not None and fault.kind == "echo":
+            with self.lock:
+                tokens = [s["token"] for s in self.created.values()]
+            detail = (
+                f"failed for {auth} {' '.join(tokens)} {raw.decode(errors='replace')}"
+            )
+            first = tokens[0] if tokens else auth
+            payload = {"detail": detail, "input": body, first: auth}
+            return self._reply(h, 500, payload, [("x-request-id", first)])
+        if fault is not None and fault.kind in ("huge", "endless", "gzip_bomb", "raw"):
+            return self._hostile(h, fault)
+        if fault is not None and fault.kind == "status":
+            extra = [("Retry-After", fault.retry_after)] if fault.retry_after else []
+            return self._reply(h, fault.status, {"detail": "scripted"}, extra)
+        if fault is not None and fault.kind == "html":
+            page = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+            return self._reply(h, 502, raw=page, content_type="text/html")
+        if fault is not None and fault.kind == "redirect":
+            return self._reply(h, 307, {}, [("Location", self.url + "/elsewhere")])
+        if route in ("create", "say", "terminate") and auth != f"Bearer {self.api_key}":
+            return self._reply(h, 401, {"detail": "Invalid API key"})
+        status, payload = self._work(route, session_id, body)
+        if self.latency:
+            time.sleep(self.latency)
+        if fault is None:
+            return self._reply(h, status, payload)
+        if fault.kind == "late":
+            time.sleep(fault.delay)
+            return self._reply(h, status, payload)
+        if fault.kind == "reset":
+            h.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            h.connection.close()
+            h.close_connection = True
+            return None
+        if fault.kind == "truncated":
+            data = json.dumps(payload).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data) + 10))
+            h.end_headers()
+            h.wfile.write(data[: len(data) // 2])
+            h.wfile.flush()
+            h.connection.shutdown(socket.SHUT_RDWR)
+            h.close_connection = True
+            return None
+        if fault.kind == "empty":
+            return self._reply(h, 200, raw=b"")
+        if fault.kind in ("header_trickle", "body_trickle"):
+            return self._trickle(h, status, payload, fault)
+        raise AssertionError(f"unknown fault {fault.kind}")
+
+    def _trickle(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        payload: Any,
+        fault: Fault,
+    ) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        head = (
+            f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        h.close_connection = True
+        try:
+            if fault.kind == "body_trickle":
+                h.wfile.write(head)
+                stream = data
+            else:
+                stream = head + data
+            sent = 0
+            for byte in stream:
+                h.wfile.write(bytes([byte]))
+                sent += 1
+                time.sleep(fault.delay)
+        except OSError:
+            pass
+        with self.lock:
+            self.trickled.append((len(stream), sent))
+
+    def _hostile(self, h: http.server.BaseHTTPRequestHandler, fault: Fault) -> None:
+        """Bodies no client should read whole; stops when the client hangs up."""
+        h.close_connection = True
+        h.send_response(fault.status)
+        h.send_header("Connection", "close")
+        h.send_header("Content-Type", fault.content_type)
+        for name, value in fault.headers:
+            h.send_header(name, value)
+        try:
+            if fault.kind == "raw":
+                h.send_header("Content-Length", str(len(fault.body)))
+                h.end_headers()
+                h.wfile.write(fault.body)
+            elif fault.kind == "gzip_bomb":
+                bomb = gzip_bomb()
+                h.send_header("Content-Encoding", "gzip")
+                h.send_header("Content-Length", str(len(bomb)))
+                h.end_headers()
+                h.wfile.write(bomb)
+            elif fault.kind == "huge":
+                h.send_header("Content-Length", str(HUGE_BYTES))
+                h.end_headers()
+                block = b"x" * 65536
+                for _ in range(HUGE_BYTES // len(block)):
+                    h.wfile.write(block)
+            else:  # endless
+                h.send_header("Transfer-Encoding", "chunked")
+                h.end_headers()
+                block = b"x" * 65536
+                frame = b"%x\r\n" % len(block) + block + b"\r\n"
+                for _ in range(ENDLESS_CAP // len(block)):
+                    h.wfile.write(frame)
+        except OSError:
+            return
+
+    def _browser(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
+        """What a browser asks: the Web SDK's API (CORS as a browser needs it),
+        the SDK file and a test page."""
+        path = urllib.parse.urlsplit(h.path).path
+        origin = h.headers.get("Origin")
+        cors = [
+            ("Access-Control-Allow-Origin", origin or "*"),
+            ("Access-Control-Allow-Headers", "X-Session-Token, Content-Type"),
+            ("Access-Control-Allow-Methods", "GET, POST, PATCH, OPTIONS"),
+            ("Vary", "Origin"),
+        ]
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        if method == "OPTIONS":
+            return self._reply(h, 204, None, cors)
+        if path == "/_test/sdk.js" and self.sdk_file is not None:
+            data = self.sdk_file.read_bytes()
+            return self._send_browser(h, 200, data, "text/javascript", cors)
+        if path == "/_test/page":
+            return self._send_browser(h, 200, self.page.encode(), "text/html", cors)
+        token = h.headers.get("X-Session-Token")
+        with self.lock:
+            self.sdk_calls.append(
+                {"method": method, "path": path, "token": token, "origin": origin}
+            )
+            live = {r["token"]: sid for sid, r in self.sessions.items()}
+        sid = live.get(token or "")
+        if sid is None:
+            payload: Any = {"detail": "invalid session token"}
+            return self._send_browser(
+                h, 401, json.dumps(payload).encode(), "application/json", cors
+            )
+        if method == "GET" and path == "/_sdk/v0/sessions":
+            payload = {
+                "id": sid,
+                "limited_access_token": f"daily_{sid}",
+                "room_url": "https://127.0.0.1:9/room",  # nothing listens: no video here
+                "session_config": {"uses_stacked_alpha": False},
+            }
+        elif method == "POST" and path == "/_sdk/v0/sessions/tasks":
+            text = json.loads(raw or b"{}").get("text", "")
+            with self.lock:
+                self.spoken.append((sid, text))
+            payload = {"task_id": f"task_sdk_{len(self.spoken)}"}
+        else:
+            payload = {"detail": "Not Found"}
+            return self._send_browser(
+                h, 404, json.dumps(payload).encode(), "application/json", cors
+            )
+        self._send_browser(
+            h, 200, json.dumps(payload).encode(), "application/json", cors
+        )
+
+    def _send_browser(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        with self.lock:
+            self.to_browser.append(data)
+        self._reply(h, status, raw=data, headers=headers, content_type=content_type)
+
+    @staticmethod
+    def _route(method: str, path: str) -> tuple[str | None, str | None]:
+        parts = path.split("/")
+        if method == "POST" and path == "/api/v1/sessions":
+            return "create", None
+        in_sessions = path.startswith("/api/v1/sessions/")
+        if method == "POST" and in_sessions and len(parts) == 6 and parts[5] == "tasks":
+            return "say", urllib.parse.unquote(parts[4])
+        if method == "DELETE" and in_sessions and len(parts) == 5:
+            return "terminate", urllib.parse.unquote(parts[4])
+        if method == "POST" and path == "/v1/realtime/client_secrets":
+            return "openai", None
+        if method == "POST" and path == "/access-token":
+            return "cartesia", None
+        return None, None
+
+    def _work(self, route: str, session_id: str | None, body: Any) -> tuple[int, Any]:
+        """Do what the real API does; returns (status, JSON payload)."""
+        with self.lock:
+            self._n += 1
+            n = self._n
+            if route == "create":
+                engine = (body or {}).get("conversation_engine")
+                known = (
+                    "openai-realtime",
+                    "cartesia",
+                    "text-echo",
+                    "external",
+                    "qwen-omni-realtime",
+                )
+                if engine is not None and engine.get("type") not in known:
+                    return 422, {
+                        "detail": [
+                            {
+                                "type": "union_tag_invalid",
+                                "loc": ["body", "conversation_engine"],
+                                "msg": "Input tag does not match any of the expected tags",
+                                "input": engine,
+                            }
+                        ]
+                    }
+                if str((body or {}).get("avatar_id", "")).startswith("retired"):
+                    return 410, {"detail": "Avatar no longer exists"}
+                sid = f"sess_{n}"
+                record = {"token": self.token_factory(n), "body": body}
+                self.sessions[sid] = record
+                self.created[sid] = record
+                return 200, {"session_id": sid, "token": record["token"]}
+            if route == "say":
+                if session_id not in self.sessions:
+                    return 404, {"detail": "Session not found"}
+                self.spoken.append((session_id, body["text"]))
+                return 200, {"task_id": f"task_{n}"}
+            if route == "terminate":
+                if self.sessions.pop(str(session_id), None) is None:
+                    return 404, {"detail": "Session not found"}
+                return 204, None
+            if route == "openai":
+                self.minted_openai.append(body)
+                return 200, {
+                    "value": f"ek_fake_{n}",
+                    "expires_at": 2_000_000_000,
+                    "session": body.get("session", {}),
+                }
+            self.minted_cartesia.append(body)
+            return 200, {"token": f"cartesia_tok_{n}"}
+
+    @staticmethod
+    def _reply(
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        payload: Any = None,
+        headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        data = (
+            raw
+            if raw is not None
+            else b""
+            if payload is None
+            else json.dumps(payload).encode()
+        )
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("x-request-id", f"req_{status}")
+        for name, value in headers:
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(data)
