@@ -7,9 +7,7 @@ import concurrent.futures
 import contextlib
 import copy
 import email.utils
-import functools
 import html
-import http.server
 import importlib
 import inspect
 import io
@@ -18,24 +16,19 @@ import logging
 import multiprocessing
 import os
 import pickle
-import random
 import re
 import select
 import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
 import time
 import traceback
 import tracemalloc
-import urllib.parse
-import zlib
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,6 +36,7 @@ from typing import Any
 import pytest
 import requests
 import responses
+import urllib3.util.connection
 from responses import matchers
 
 import avaturn_session as av
@@ -50,7 +44,7 @@ import avaturn_session as av
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "testing"))
 
-from fake_avaturn import KEY, FakeAvaturn, Fault, gzip_bomb  # noqa: E402
+from fake_avaturn import KEY, FakeAvaturn, Fault, gzip_bomb
 
 API = "https://api.avaturn.live"
 SESSIONS = API + "/api/v1/sessions"
@@ -1504,6 +1498,104 @@ def test_deadline_of_one_call_does_not_carry_over_to_the_next(mock, monkeypatch)
     assert clock.waits == [0.5, 0.5]
 
 
+def test_deadline_of_one_call_never_touches_another_calls_connection(fake, sleeps):
+    # 48 threads on one client, the server's latency close to each call's
+    # deadline: a call ends by its own deadline (a timeout) or succeeds; none
+    # is cut by another call's deadline, and none that said "not sent" created.
+    client = client_for(fake, timeout=(2.0, 2.0), deadline=0.08)
+    outcomes: list[Any] = []
+
+    def start() -> None:
+        for _ in range(4):
+            try:
+                outcomes.append(client.create_session())
+            except av.AvaturnError as exc:
+                outcomes.append(exc)
+
+    for latency in (0.02, 0.05, 0.065, 0.075):
+        fake.latency = latency
+        assert run_threads(48, start) == []
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert [e for e in errors if type(e) is not av.APITimeoutError] == []
+    successes = len(outcomes) - len(errors)
+    assert successes > 0
+    may_have_created = successes + sum(e.request_sent for e in errors)
+    assert successes <= len(fake.created) <= may_have_created
+
+
+@pytest.fixture
+def stalled_resolver(monkeypatch):
+    """getaddrinfo that hangs until the test ends (as a dead DNS server does)."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def stalled(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalled)
+    yield
+    release.set()
+
+
+def test_deadline_covers_name_resolution_and_sends_nothing_after(
+    fake, sleeps, stalled_resolver
+):
+    client = av.AvaturnClient(
+        KEY, base_url=fake.url.replace("127.0.0.1", "localhost"), deadline=0.3
+    )
+    with pytest.raises(av.APITimeoutError, match="deadline") as info:
+        client.create_session()
+    assert info.value.request_sent is False
+    assert fake.connections == 0 and fake.attempts["create"] == 0
+
+
+@pytest.mark.parametrize("slow", ["resolve", "connect"])
+def test_deadline_passed_before_sending_sends_nothing(fake, monkeypatch, slow):
+    # The clock passes the deadline while the name resolves, or while the TCP
+    # connection opens: the request must then not be written at all.
+    clock = FakeClock(monkeypatch)
+    module, name = {
+        "resolve": (socket, "getaddrinfo"),
+        "connect": (urllib3.util.connection, "create_connection"),
+    }[slow]
+    real = getattr(module, name)
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        clock.now += 10
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, late)
+    with pytest.raises(av.APITimeoutError) as info:
+        client_for(fake, deadline=5, max_retries=3).create_session()
+    assert info.value.request_sent is False
+    assert fake.attempts["create"] == 0 and clock.waits == []
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "idle", "connections"),
+    [
+        (None, 4.9, 1),  # within KEEPALIVE_EXPIRY: reused
+        (None, 5.1, 2),  # past it: a new connection
+        ("timeout=2, max=100", 0.9, 1),  # within the server's timeout less 1 s
+        ("timeout=2, max=100", 1.1, 2),
+        ("timeout=60", 5.1, 2),  # a longer server timeout never lengthens ours
+    ],
+)
+def test_idle_connection_is_not_reused_past_its_keepalive_expiry(
+    fake, monkeypatch, keep_alive, idle, connections
+):
+    clock = FakeClock(monkeypatch)
+    if keep_alive is not None:
+        fake.reply_headers.append(("Keep-Alive", keep_alive))
+    client = client_for(fake)
+    client.create_session()
+    clock.now += idle
+    client.create_session()
+    assert fake.connections == connections
+    assert fake.attempts["create"] == 2
+
+
 def test_mint_cartesia_has_a_deadline(fake, sleeps, monkeypatch):
     fake.script("cartesia", Fault("body_trickle", delay=0.02))
     with pytest.raises(av.CredentialError, match="deadline"):
@@ -2416,10 +2508,12 @@ def test_loopback_http_base_url_bypasses_environment_proxies(
     proxy = FakeAvaturn()  # would accept "POST http://127.0.0.1:.../api/v1/sessions"
     try:
         monkeypatch.setenv(variable, proxy.url)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
         client_for(fake).create_session()
         av.mint_cartesia_access_token(api_key="ck-proxy", base_url=fake.url)
-        assert proxy.connections == 0, "the key went through a proxy in clear"
-        assert fake.attempts["create"] == 1 and fake.attempts["cartesia"] == 1
+        av.mint_openai_client_secret(api_key="sk-proxy")
+        assert proxy.connections == 0, "a key went through a proxy in clear"
+        assert fake.attempts == Counter(create=1, cartesia=1, openai=1)
     finally:
         proxy.close()
 

@@ -96,6 +96,8 @@ class FakeAvaturn:
         self.attempts: Counter[str] = Counter()
         self.connections = 0
         self.latency = 0.0
+        # headers added to every API answer, e.g. ("Keep-Alive", "timeout=2")
+        self.reply_headers: list[tuple[str, str]] = []
         self.scripts: dict[str, list[Fault]] = {route: [] for route in ROUTES}
         self.chaos: tuple[random.Random, float, list[Fault]] | None = None
         self.token_factory = lambda n: f"tok_{n}_secret"
@@ -446,8 +448,8 @@ class FakeAvaturn:
             self.minted_cartesia.append(body)
             return 200, {"token": f"cartesia_tok_{n}"}
 
-    @staticmethod
     def _reply(
+        self,
         h: http.server.BaseHTTPRequestHandler,
         status: int,
         payload: Any = None,
@@ -466,7 +468,7 @@ class FakeAvaturn:
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
         h.send_header("x-request-id", f"req_{status}")
-        for name, value in headers:
+        for name, value in [*headers, *self.reply_headers]:
             h.send_header(name, value)
         h.end_headers()
         h.wfile.write(data)
