@@ -171,24 +171,39 @@ _MIN_MAX_DURATION = 60
 _MAX_MAX_DURATION = 86400
 _BACKGROUNDS = ("default", "transparent")
 
-# OpenAI Realtime client secrets: the endpoint (under OPENAI_BASE_URL), their
-# lifetime limits in seconds, the default session, and the optional headers
-# the openai SDK also sends (header name, environment variable).
-_OPENAI_BASE_URL = "https://api.openai.com/v1"
-_OPENAI_PATH = "/realtime/client_secrets"
+# OpenAI Realtime client secrets live 10 s to 2 h; Cartesia tokens up to 1 h.
 _OPENAI_MIN_EXPIRES_IN = 10
 _OPENAI_MAX_EXPIRES_IN = 7200
 _OPENAI_DEFAULT_SESSION: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime"}
+_CARTESIA_MAX_EXPIRES_IN = 3600
+
+# The minting providers: the key's name in messages, its environment variable,
+# the base URL's variable and default, the path, and the answer's field.
+_MINTERS = {
+    "openai": (
+        "an OpenAI API key",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "https://api.openai.com/v1",
+        "/realtime/client_secrets",
+        "value",
+    ),
+    "cartesia": (
+        "a Cartesia API key",
+        "CARTESIA_API_KEY",
+        "CARTESIA_BASE_URL",
+        "https://api.cartesia.ai",
+        "/access-token",
+        "token",
+    ),
+}
+# Headers sent when minting: Cartesia's API version; OpenAI's organization and
+# project, when their variables (read by the openai SDK too) are set.
+_CARTESIA_VERSION = "2025-04-16"
 _OPENAI_HEADERS = (
     ("OpenAI-Organization", "OPENAI_ORG_ID"),
     ("OpenAI-Project", "OPENAI_PROJECT_ID"),
 )
-
-# Cartesia access tokens: host, path, API version header, lifetime limit.
-_CARTESIA_BASE_URL = "https://api.cartesia.ai"
-_CARTESIA_PATH = "/access-token"
-_CARTESIA_VERSION = "2025-04-16"
-_CARTESIA_MAX_EXPIRES_IN = 3600
 
 _PATH_SESSIONS = "/api/v1/sessions"
 _USER_AGENT = f"avaturn-session/{__version__}"
@@ -643,23 +658,11 @@ def mint_openai_client_secret(
     if openai_client is not None:
         # The SDK has no total deadline: it caps the SDK's one timeout instead.
         seconds = min(
-            max(_pair(_check_timeout(timeout))), _check_seconds(deadline, "deadline")
+            max(_check_timeout(timeout)), _check_seconds(deadline, "deadline")
         )
         return _mint_with_sdk(openai_client, _Payload(body), seconds)
-    headers = {}
-    for header, variable in _OPENAI_HEADERS:
-        if os.environ.get(variable):
-            headers[header] = os.environ[variable]
-    transport = _Transport(
-        _auth(api_key, "OPENAI_API_KEY", "an OpenAI API key"),
-        os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL,
-        timeout=timeout,
-        deadline=deadline,
-        max_retries=0,
-        http_session=_shared_session(),
-        headers=headers,
-    )
-    return _mint("openai", transport, _OPENAI_PATH, _Payload(body), "value")
+    minter = _minter("openai", api_key, None, timeout, deadline)
+    return _mint("openai", minter, _Payload(body))
 
 
 def mint_cartesia_access_token(
@@ -680,25 +683,40 @@ def mint_cartesia_access_token(
     input and ``CredentialError`` (``provider="cartesia"``) when minting fails.
     """
     _check_int(expires_in, "expires_in", 1, _CARTESIA_MAX_EXPIRES_IN)
-    transport = _Transport(
-        _auth(api_key, "CARTESIA_API_KEY", "a Cartesia API key"),
-        base_url or os.environ.get("CARTESIA_BASE_URL") or _CARTESIA_BASE_URL,
+    minter = _minter("cartesia", api_key, base_url, timeout, deadline)
+    body = {"grants": {"agent": True}, "expires_in": expires_in}
+    return _mint("cartesia", minter, _Payload(body))
+
+
+def _minter(
+    provider: str,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    timeout: object = DEFAULT_TIMEOUT,
+    deadline: object = DEFAULT_DEADLINE,
+) -> _Transport:
+    """A transport to a minting provider, on the session every mint shares;
+    never retried (a mint that may have reached the provider is not replayed)."""
+    what, key_variable, url_variable, default_url, _, _ = _MINTERS[provider]
+    headers = {"Cartesia-Version": _CARTESIA_VERSION}
+    if provider == "openai":
+        headers = {h: os.environ[v] for h, v in _OPENAI_HEADERS if os.environ.get(v)}
+    return _Transport(
+        _auth(api_key, key_variable, what),
+        base_url or os.environ.get(url_variable) or default_url,
         timeout=timeout,
         deadline=deadline,
         max_retries=0,
         http_session=_shared_session(),
-        headers={"Cartesia-Version": _CARTESIA_VERSION},
+        headers=headers,
     )
-    body = {"grants": {"agent": True}, "expires_in": expires_in}
-    return _mint("cartesia", transport, _CARTESIA_PATH, _Payload(body), "token")
 
 
-def _mint(
-    provider: str, transport: _Transport, path: str, payload: _Payload, field: str
-) -> str:
-    """POST a minting request; the answer's ``field``, else CredentialError."""
+def _mint(provider: str, minter: _Transport, payload: _Payload) -> str:
+    """POST a minting request; the credential in its answer, else CredentialError."""
+    *_, path, field = _MINTERS[provider]
     try:
-        return transport.call("POST", path, payload).string(field)
+        return minter.call("POST", path, payload).string(field)
     except AvaturnError as exc:
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(
@@ -973,22 +991,9 @@ def warm() -> list[str]:
     left idle past ``KEEPALIVE_EXPIRY`` is opened again by the next call.
     """
     transports = [_client()._transport]
-    if os.environ.get("OPENAI_API_KEY"):
-        transports.append(
-            _Transport(
-                _auth(None, "OPENAI_API_KEY", "an OpenAI API key"),
-                os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL,
-                http_session=_shared_session(),
-            )
-        )
-    if os.environ.get("CARTESIA_API_KEY"):
-        transports.append(
-            _Transport(
-                _auth(None, "CARTESIA_API_KEY", "a Cartesia API key"),
-                os.environ.get("CARTESIA_BASE_URL") or _CARTESIA_BASE_URL,
-                http_session=_shared_session(),
-            )
-        )
+    for provider, (_, key_variable, *_) in _MINTERS.items():
+        if os.environ.get(key_variable):
+            transports.append(_minter(provider))
     cold: list[str] = []
 
     def warm_one(transport: _Transport) -> None:
@@ -1329,7 +1334,7 @@ class _Transport:
             return _Result(
                 method, path, failure="deadline exceeded", sent=False, timed_out=True
             )
-        connect, read = _pair(self.timeout)
+        connect, read = self.timeout
         response = None
         _call.expires_at = expires_at
         try:
@@ -1391,7 +1396,7 @@ class _Transport:
         adapter = self.http.get_adapter(url)
         if not isinstance(adapter, _Adapter):
             return True
-        connect, _ = _pair(self.timeout)
+        connect = self.timeout[0]
         _call.expires_at = _now() + connect
         try:
             proxies = dict(_NO_PROXIES) if self.bypass_proxies else None
@@ -1595,7 +1600,7 @@ class _Connection(urllib3.connection.HTTPConnection):
             raise _Expired(sent=False)
         if isinstance(found[0], Exception):
             raise urllib3.exceptions.NameResolutionError(self.host, self, found[0])  # type: ignore[arg-type]
-        error: Exception = _Expired(sent=False)
+        errors: list[Exception] = []
         for *_, address in found[0]:
             if _now() >= _call.expires_at:
                 raise _Expired(sent=False)
@@ -1603,13 +1608,13 @@ class _Connection(urllib3.connection.HTTPConnection):
             try:
                 sock = super()._new_conn()
             except urllib3.exceptions.ConnectTimeoutError as exc:  # refused too
-                error = exc
+                errors.append(exc)
                 continue
             finally:
                 self._dns_host = host
             self.reusable_until = _now() + KEEPALIVE_EXPIRY
             return sock
-        raise error
+        raise errors[-1]
 
     def send(self, data: Any) -> None:
         if self.sock is None:
@@ -1761,8 +1766,6 @@ def _parse_retry_after(value: str, now: float | None = None) -> float | None:
 # --------------------------------------------------------------------------- #
 # Validation
 # --------------------------------------------------------------------------- #
-
-_Timeout = float | tuple[float, float]
 
 # Body fields that have a parameter of their own, and that parameter's name.
 _NAMED_FIELDS = {
@@ -1962,14 +1965,15 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _check_timeout(timeout: object) -> _Timeout:
-    """A positive number or a (connect, read) pair of them; never None."""
+def _check_timeout(timeout: object) -> tuple[float, float]:
+    """A positive number or a (connect, read) pair of them, as a pair; never None."""
     if timeout is None:
         raise ConfigurationError("timeout must not be None: no call may hang forever")
     if isinstance(timeout, tuple) and len(timeout) == 2:
         connect, read = timeout
         return (_check_seconds(connect, "timeout"), _check_seconds(read, "timeout"))
-    return _check_seconds(timeout, "timeout")
+    seconds = _check_seconds(timeout, "timeout")
+    return (seconds, seconds)
 
 
 def _check_seconds(value: object, name: str) -> float:
@@ -1983,10 +1987,6 @@ def _check_seconds(value: object, name: str) -> float:
             f"{name} seconds must be positive and at most {_MAX_SECONDS:.0f}"
         )
     return float(value)
-
-
-def _pair(timeout: _Timeout) -> tuple[float, float]:
-    return timeout if isinstance(timeout, tuple) else (timeout, timeout)
 
 
 def _session_path(session_id: str) -> str:
@@ -2093,27 +2093,61 @@ def _redact_json(
 
 _MINTED = "<minted at run time>"
 _KEY_VARIABLES = ("AVATURN_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY")
+_CLI_HELP = """environment:
+  AVATURN_API_KEY    Avaturn API key (needed to send)
+  AVATURN_BASE_URL   API host (default https://api.avaturn.live)
+  OPENAI_API_KEY     with --openai; OPENAI_BASE_URL: its API root
+  CARTESIA_API_KEY   with --cartesia-agent; CARTESIA_BASE_URL: its API root
+
+examples:
+  avaturn-session create --dry-run --openai --voice marin
+  avaturn-session create --openai --instructions 'Be brief.' --user-absent-timeout 30
+  avaturn-session create --cartesia-agent agent_123
+  avaturn-session create --engine '{"type": "text-echo", "tts": {"engine": "elevenlabs", "voice_id": "v1"}}'
+  avaturn-session say 3f2a... 'Welcome back!'
+  avaturn-session terminate 3f2a..."""
+# create's options: flag, then argparse's keywords (the first four exclude each other).
+_CLI_CREATE = (
+    ("--engine", {"metavar": "JSON", "help": "any engine config as JSON"}),
+    ("--openai", {"action": "store_true", "help": "mint an OpenAI client secret"}),
+    (
+        "--cartesia-agent",
+        {"metavar": "ID", "help": "mint a Cartesia token for this agent"},
+    ),
+    (
+        "--text-echo-voice",
+        {"metavar": "ID", "help": "legacy text-echo, ElevenLabs voice"},
+    ),
+    ("--model", {"help": "with --openai: Realtime model (default gpt-realtime)"}),
+    ("--voice", {"help": "with --openai: voice, e.g. marin or cedar"}),
+    ("--instructions", {"metavar": "TEXT", "help": "with --openai: instructions"}),
+    ("--avatar-id", {"metavar": "ID"}),
+    ("--background", {"choices": _BACKGROUNDS}),
+    ("--render-model", {"metavar": "NAME"}),
+    ("--user-absent-timeout", {"metavar": "S", "type": int, "help": "seconds, >= 10"}),
+    ("--max-duration", {"metavar": "S", "type": int, "help": "seconds, 60..86400"}),
+    ("--dry-run", {"action": "store_true", "help": "print the request, send nothing"}),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``avaturn-session`` command line; returns the exit status.
 
-    stdout carries one JSON object; errors are one line on stderr. Exit 0 on
+    stdout carries one JSON object; an error is one line on stderr. Exit 0 on
     success, 2 for usage and configuration errors, 1 for everything else.
     """
-    parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _build_parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    dry_run = args.command == "create" and args.dry_run
     try:
-        result = args.run(args)
-    except ConfigurationError as exc:
-        _print_error(exc)
-        return 2
+        with contextlib.nullcontext() if dry_run else AvaturnClient() as client:
+            result = args.run(client, args)
     except Exception as exc:  # noqa: BLE001 - one line on stderr, never a traceback
-        _print_error(exc)
-        return 1
+        text = _redact(f"{type(exc).__name__}: {exc}", _known_secrets(_env_keys()))
+        print("avaturn-session: error: " + text, file=sys.stderr)
+        return 2 if isinstance(exc, ConfigurationError) else 1
     print(json.dumps(result))
     return 0
 
@@ -2125,104 +2159,50 @@ def _build_parser() -> argparse.ArgumentParser:
         """argparse, but a usage error is one line on stderr like every other error."""
 
         def error(self, message: str) -> NoReturn:
+            message = _CONTROL.sub(" ", message)
             print(
-                f"avaturn-session: error: usage: {_CONTROL.sub(' ', message)} "
-                f"(see {self.prog} --help)",
+                f"avaturn-session: error: usage: {message} (see --help)",
                 file=sys.stderr,
             )
             raise SystemExit(2)
 
-    raw = argparse.RawDescriptionHelpFormatter
+    raw, epilog = argparse.RawDescriptionHelpFormatter, _CLI_HELP
     parser = Parser(
         prog="avaturn-session",
-        description="Create, drive and end Avaturn.Live avatar sessions.",
+        description="Create, drive and end Avaturn.Live avatar sessions. "
+        "stdout: one JSON object; errors: one line on stderr.",
         formatter_class=raw,
-        epilog="environment:\n"
-        "  AVATURN_API_KEY    Avaturn API key (required to send)\n"
-        "  AVATURN_BASE_URL   API host (default https://api.avaturn.live)\n"
-        "  OPENAI_API_KEY     with --openai\n"
-        "  OPENAI_BASE_URL    OpenAI API root (default https://api.openai.com/v1)\n"
-        "  CARTESIA_API_KEY   with --cartesia-agent\n"
-        "  CARTESIA_BASE_URL  Cartesia API root (default https://api.cartesia.ai)",
+        epilog=epilog,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__}"
-    )
+    parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    create = commands.add_parser(
-        "create",
-        help="create a session and print its id, token and api_host",
-        formatter_class=raw,
-        epilog="examples:\n"
-        "  avaturn-session create --dry-run --openai --voice marin\n"
-        "  avaturn-session create --openai --instructions 'Be brief.' --user-absent-timeout 30\n"
-        "  avaturn-session create --cartesia-agent agent_123\n"
-        '  avaturn-session create --engine \'{"type": "text-echo", '
-        '"tts": {"engine": "elevenlabs", "voice_id": "v1"}}\'',
+    create, say_cmd, terminate = (
+        commands.add_parser(name, help=text, formatter_class=raw, epilog=epilog)
+        for name, text in (
+            ("create", "create a session; prints session_id, token, api_host"),
+            ("say", "queue text for the avatar to say; prints task_id"),
+            ("terminate", "end a session; prints terminated"),
+        )
     )
     source = create.add_mutually_exclusive_group()
-    source.add_argument("--engine", metavar="JSON", help="any engine config as JSON")
-    source.add_argument(
-        "--openai",
-        action="store_true",
-        help="mint an OpenAI client secret (OPENAI_API_KEY)",
-    )
-    source.add_argument(
-        "--cartesia-agent",
-        metavar="AGENT_ID",
-        help="mint a Cartesia access token (CARTESIA_API_KEY) for this agent",
-    )
-    source.add_argument(
-        "--text-echo-voice",
-        metavar="VOICE_ID",
-        help="legacy text-echo engine, ElevenLabs voice",
-    )
-    create.add_argument(
-        "--model", help="with --openai: Realtime model (default gpt-realtime)"
-    )
-    create.add_argument("--voice", help="with --openai: voice, e.g. marin or cedar")
-    create.add_argument(
-        "--instructions", metavar="TEXT", help="with --openai: instructions"
-    )
-    create.add_argument("--avatar-id", metavar="ID")
-    create.add_argument("--background", choices=_BACKGROUNDS)
-    create.add_argument("--render-model", metavar="NAME")
-    create.add_argument(
-        "--user-absent-timeout", metavar="S", type=int, help="seconds, >= 10"
-    )
-    create.add_argument(
-        "--max-duration", metavar="S", type=int, help="seconds, 60..86400"
-    )
-    create.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate and print the request (secrets as ***) without sending it",
-    )
+    for n, (flag, options) in enumerate(_CLI_CREATE):
+        (source if n < 4 else create).add_argument(flag, **options)  # type: ignore[arg-type]
     create.set_defaults(run=_cli_create)
-
-    say_cmd = commands.add_parser(
-        "say",
-        help="queue text for the avatar to speak; prints the task id",
-        formatter_class=raw,
-        epilog="example:\n  avaturn-session say 3f2a... 'Welcome back!'",
-    )
-    say_cmd.add_argument("session_id", metavar="SESSION_ID")
+    for command in (say_cmd, terminate):
+        command.add_argument("session_id", metavar="SESSION_ID")
     say_cmd.add_argument("text", metavar="TEXT")
-    say_cmd.set_defaults(run=_cli_say)
-
-    terminate = commands.add_parser(
-        "terminate",
-        help="end a session; prints whether this call ended it",
-        formatter_class=raw,
-        epilog="example:\n  avaturn-session terminate 3f2a...",
+    say_cmd.set_defaults(
+        run=lambda client, a: {"task_id": client.say(a.session_id, a.text)}
     )
-    terminate.add_argument("session_id", metavar="SESSION_ID")
-    terminate.set_defaults(run=_cli_terminate)
+    terminate.set_defaults(
+        run=lambda client, a: {"terminated": client.terminate_session(a.session_id)}
+    )
     return parser
 
 
-def _cli_create(args: argparse.Namespace) -> dict[str, Any]:
+def _cli_create(
+    client: AvaturnClient | None, args: argparse.Namespace
+) -> dict[str, Any]:
     if not args.openai and (args.model or args.voice or args.instructions):
         raise ConfigurationError("--model, --voice and --instructions go with --openai")
     engine: Any = None
@@ -2230,7 +2210,9 @@ def _cli_create(args: argparse.Namespace) -> dict[str, Any]:
         try:
             engine = json.loads(args.engine)
         except ValueError:
-            raise ConfigurationError("--engine is not valid JSON") from None
+            engine = _MINTED
+        if engine is _MINTED:
+            raise ConfigurationError("--engine is not valid JSON")
     elif args.openai:
         engine = openai_realtime_engine(_MINTED)
     elif args.cartesia_agent is not None:
@@ -2244,31 +2226,26 @@ def _cli_create(args: argparse.Namespace) -> dict[str, Any]:
         "user_absent_timeout": args.user_absent_timeout,
         "max_duration": args.max_duration,
     }
-    openai_session: dict[str, Any] = {
-        "type": "realtime",
-        "model": args.model or "gpt-realtime",
-    }
-    if args.instructions:
-        openai_session["instructions"] = args.instructions
-    if args.voice:
-        openai_session["audio"] = {"output": {"voice": args.voice}}
     # Validate every option before any credential is minted or request is sent.
     body = _build_create_body(engine, options)
     _Payload(body)
-    if args.dry_run:
+    if client is None:  # --dry-run: the request, secrets masked, minted ones named
         root = _check_base_url(os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL)
         shown = _redact_json(body, _known_secrets(_env_keys()))
-        minted = shown.get("conversation_engine", {})
         for name in ("client_secret", "access_token"):
             if engine is not None and engine.get(name) == _MINTED:
-                minted[name] = _MINTED  # not a secret: a placeholder
+                shown["conversation_engine"][name] = _MINTED
         return {"method": "POST", "url": root + _PATH_SESSIONS, "json": shown}
-    with AvaturnClient() as client:
-        if args.openai:
-            engine = openai_realtime_engine(mint_openai_client_secret(openai_session))
-        elif args.cartesia_agent is not None:
-            engine = cartesia_engine(mint_cartesia_access_token(), args.cartesia_agent)
-        created = client.create_session(engine, **options)
+    if args.openai:
+        realtime: dict[str, Any] = {"model": args.model or "gpt-realtime"}
+        if args.instructions:
+            realtime["instructions"] = args.instructions
+        if args.voice:
+            realtime["audio"] = {"output": {"voice": args.voice}}
+        engine = openai_realtime_engine(mint_openai_client_secret(realtime))
+    elif args.cartesia_agent is not None:
+        engine = cartesia_engine(mint_cartesia_access_token(), args.cartesia_agent)
+    created = client.create_session(engine, **options)
     return {
         "session_id": created.session_id,
         "token": created.token,
@@ -2276,25 +2253,8 @@ def _cli_create(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cli_say(args: argparse.Namespace) -> dict[str, Any]:
-    with AvaturnClient() as client:
-        return {"task_id": client.say(args.session_id, args.text)}
-
-
-def _cli_terminate(args: argparse.Namespace) -> dict[str, Any]:
-    with AvaturnClient() as client:
-        return {"terminated": client.terminate_session(args.session_id)}
-
-
 def _env_keys() -> list[str | None]:
     return [os.environ.get(name) for name in _KEY_VARIABLES]
-
-
-def _print_error(exc: BaseException) -> None:
-    text = _redact(
-        f"{type(exc).__name__}: {exc}", _known_secrets(_env_keys()), limit=2000
-    )
-    print("avaturn-session: error: " + text, file=sys.stderr)
 
 
 if __name__ == "__main__":
