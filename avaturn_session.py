@@ -165,10 +165,8 @@ _MAX_SECONDS = 24 * 3600.0
 # Bytes asked of the socket per read of a response body.
 _READ_CHUNK = 16 * 1024
 
-# Create-session limits from the API reference, in seconds.
-_MIN_USER_ABSENT_TIMEOUT = 10
-_MIN_MAX_DURATION = 60
-_MAX_MAX_DURATION = 86400
+# Create-session limits from the API reference: (least, most) seconds.
+_LIMITS = {"user_absent_timeout": (10, None), "max_duration": (60, 86400)}
 _BACKGROUNDS = ("default", "transparent")
 
 # OpenAI Realtime client secrets live 10 s to 2 h; Cartesia tokens up to 1 h.
@@ -422,9 +420,7 @@ class AvaturnSession:
         raise AttributeError(f"AvaturnSession is immutable: cannot delete {name!r}")
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is not AvaturnSession:
-            return NotImplemented
-        return self._fields() == other._fields()
+        return type(other) is AvaturnSession and self._fields() == other._fields()
 
     def __hash__(self) -> int:
         return hash(self._fields())
@@ -433,9 +429,8 @@ class AvaturnSession:
         return (AvaturnSession, self._fields())
 
     def __repr__(self) -> str:
-        session_id = getattr(self, "session_id", None)
-        api_host = getattr(self, "api_host", None)
-        return f"AvaturnSession(session_id={session_id!r}, api_host={api_host!r})"
+        sid, host = getattr(self, "session_id", None), getattr(self, "api_host", None)
+        return f"AvaturnSession(session_id={sid!r}, api_host={host!r})"
 
     def _fields(self) -> tuple[str, str, str]:
         return (self.session_id, self.token, self.api_host)
@@ -463,19 +458,17 @@ class AvaturnSession:
         avatar when it goes away; ending the session stays the backend's job.
         """
         sdk_url = sdk_url or os.environ.get("AVATURN_SDK_URL") or WEB_SDK_URL
-        _split_url(sdk_url, "sdk_url")
-        if not sdk_url.startswith(("https://", "http://")):
+        if _split_url(sdk_url, "sdk_url").scheme not in ("https", "http"):
             raise ConfigurationError("sdk_url must be an http(s) URL")
         if not isinstance(audio, bool):
             raise ConfigurationError("audio must be True or False")
-        size = {"width": width, "height": height}
-        for name, value in size.items():
+        for name, value in (("width", width), ("height", height)):
             if not isinstance(value, str) or not _CSS_LENGTH.fullmatch(value):
                 raise ConfigurationError(f"{name} must be a CSS length like '480px'")
         config = {"sdkUrl": sdk_url, "audio": audio, **self.web_sdk_options()}
-        return _WEB_SDK_PAGE.format(
-            width=width, height=height, config=_script_json(config)
-        )
+        # JSON safe inside a <script>: no </script>, <!-- or line separator.
+        script = json.dumps(config).translate(_SCRIPT_ESCAPES)
+        return _WEB_SDK_PAGE.format(width=width, height=height, config=script)
 
     def _repr_html_(self) -> str:
         """The live avatar in a Jupyter cell: ``web_sdk_html`` in an iframe."""
@@ -488,7 +481,8 @@ class AvaturnSession:
         )
 
 
-# A CSS length for the notebook view: a number and a unit, or a percentage.
+# Characters escaped in the page's JSON, and a CSS length for its avatar.
+_SCRIPT_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
 _CSS_LENGTH = re.compile(r"\d{1,5}(\.\d{1,3})?(px|%|em|rem|vh|vw)")
 
 # The page of ``AvaturnSession.web_sdk_html``; ``config`` is escaped JSON.
@@ -536,20 +530,6 @@ _WEB_SDK_PAGE = """<!doctype html>
 </body>
 </html>
 """
-
-
-def _script_json(value: object) -> str:
-    """JSON safe inside a ``<script>``: no ``</script>``, ``<!--`` or line separator."""
-    text = json.dumps(value)
-    for char, escaped in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(char, escaped)
-    return text
 
 
 class _CreateOptions(TypedDict, total=False):
@@ -605,8 +585,7 @@ def external_engine(
     """
     engine: dict[str, Any] = {"type": "external", "url": url}
     if headers is not None:
-        _check_headers(headers)
-        engine["headers"] = dict(headers)
+        engine["headers"] = dict(headers) if isinstance(headers, Mapping) else headers
     if user_sample_rate is not None:
         engine["audio"] = {"user": {"sample_rate": user_sample_rate}}
     return _check_engine(engine)
@@ -707,7 +686,7 @@ def _minter(
         timeout=timeout,
         deadline=deadline,
         max_retries=0,
-        http_session=_shared_session(),
+        http_session=_minting_session,
         headers=headers,
     )
 
@@ -799,9 +778,6 @@ class AvaturnClient:
             http_session=http_session,
         )
         self.base_url = self._transport.base_url
-        self.timeout = self._transport.timeout
-        self.deadline = self._transport.deadline
-        self.max_retries = self._transport.max_retries
         # The environment a shared client was built from (see ``_client``).
         self._env: tuple[str | None, ...] = ()
 
@@ -948,7 +924,6 @@ class AvaturnClient:
 # --------------------------------------------------------------------------- #
 
 _default_client: AvaturnClient | None = None
-_shared_http_session: requests.Session | None = None
 _lock = threading.Lock()
 
 # What the shared client is built from; it is rebuilt when these change.
@@ -1012,17 +987,15 @@ def close_shared_clients() -> None:
     """Release the connections of every client the module shares, e.g. at app shutdown.
 
     That is the client behind the module-level functions and the pooled
-    session both minting functions send through. Each is built again on next
-    use. Call it when no other thread is using them.
+    session both minting functions send through; they open new connections
+    on next use. Call it when no other thread is using them.
     """
-    global _default_client, _shared_http_session
+    global _default_client
     with _lock:
         client, _default_client = _default_client, None
-        shared, _shared_http_session = _shared_http_session, None
     if client is not None:
         client.close()
-    if shared is not None:
-        shared.close()
+    _minting_session.close()
 
 
 def _client() -> AvaturnClient:
@@ -1041,18 +1014,6 @@ def _client() -> AvaturnClient:
 
 def _client_env() -> tuple[str | None, ...]:
     return tuple(map(os.environ.get, _CLIENT_VARIABLES))
-
-
-def _shared_session() -> requests.Session:
-    """The pooled session every mint of this process sends through."""
-    global _shared_http_session
-    shared = _shared_http_session
-    if shared is None:
-        with _lock:
-            if _shared_http_session is None:
-                _shared_http_session = _new_http_session()
-            shared = _shared_http_session
-    return shared
 
 
 # --------------------------------------------------------------------------- #
@@ -1078,8 +1039,6 @@ class _Payload:
     ``json.dumps(allow_nan=False)`` is the one check that the body can be
     sent: anything it refuses is a ConfigurationError, before any request.
     """
-
-    __slots__ = ("body", "data", "secrets")
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         problem = None
@@ -1119,19 +1078,6 @@ class _Result:
     """What one attempt got: a status, headers and a bounded body, or a failure
     (``status`` 0, with the reason and whether the request may have been sent).
     Its repr shows no content."""
-
-    __slots__ = (
-        "acted_before",
-        "body",
-        "failure",
-        "headers",
-        "method",
-        "path",
-        "problem",
-        "sent",
-        "status",
-        "timed_out",
-    )
 
     def __init__(
         self,
@@ -1674,6 +1620,9 @@ def _lookup(host: str, port: int, found: list[Any]) -> None:
         found.append(exc)
 
 
+# The pooled session every mint of this process sends through.
+_minting_session = _new_http_session()
+
 # -- fork safety -------------------------------------------------------------- #
 
 # Transports with a pool of their own; each gets a fresh pool in a forked child.
@@ -1683,9 +1632,9 @@ _OWN_POOLS: weakref.WeakSet[_Transport] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     """A forked child shares no connection or lock with its parent. The
     parent's pools are dropped, never closed: nothing of theirs is used here."""
-    global _lock, _shared_http_session
+    global _lock, _minting_session
     _lock = threading.Lock()
-    _shared_http_session = None
+    _minting_session = _new_http_session()
     for transport in list(_OWN_POOLS):
         transport.http = _new_http_session()
 
@@ -1767,15 +1716,15 @@ def _parse_retry_after(value: str, now: float | None = None) -> float | None:
 # Validation
 # --------------------------------------------------------------------------- #
 
-# Body fields that have a parameter of their own, and that parameter's name.
-_NAMED_FIELDS = {
-    "conversation_engine": "engine",
-    "avatar_id": "avatar_id",
-    "background": "background",
-    "render_model": "render_model",
-    "user_absent_timeout": "user_absent_timeout",
-    "max_duration": "max_duration",
-}
+# Body fields that have a parameter of their own (``engine`` for the first).
+_NAMED_FIELDS = (
+    "conversation_engine",
+    "avatar_id",
+    "background",
+    "render_model",
+    "user_absent_timeout",
+    "max_duration",
+)
 
 # Required non-empty string fields of the engine types the library knows.
 _ENGINE_REQUIRED: dict[str, tuple[str, ...]] = {
@@ -1789,44 +1738,26 @@ def _build_create_body(
     engine: Mapping[str, Any] | None, options: _CreateOptions
 ) -> dict[str, Any]:
     """Validate the create options; the JSON body with only the fields that were set."""
-    body: dict[str, Any] = {}
-    if engine is not None:
-        body["conversation_engine"] = _check_engine(engine)
-    avatar_id = options.get("avatar_id")
-    if avatar_id is not None:
-        body["avatar_id"] = _check_text(avatar_id, "avatar_id")
-    background = options.get("background")
-    if background is not None:
-        if background not in _BACKGROUNDS:
-            raise ConfigurationError(
-                f"background must be one of {', '.join(_BACKGROUNDS)}"
-            )
-        body["background"] = background
-    render_model = options.get("render_model")
-    if render_model is not None:
-        body["render_model"] = _check_text(render_model, "render_model")
-    absent = options.get("user_absent_timeout")
-    if absent is not None:
-        body["user_absent_timeout"] = _check_int(
-            absent, "user_absent_timeout", _MIN_USER_ABSENT_TIMEOUT, None
-        )
-    duration = options.get("max_duration")
-    if duration is not None:
-        body["max_duration"] = _check_int(
-            duration, "max_duration", _MIN_MAX_DURATION, _MAX_MAX_DURATION
-        )
-    extra = options.get("extra")
-    if extra is not None:
-        if not isinstance(extra, Mapping):
-            raise ConfigurationError("extra must be a mapping of top-level fields")
-        for key, value in extra.items():
-            if not isinstance(key, str) or not key:
-                raise ConfigurationError("extra keys must be non-empty strings")
-            if key in _NAMED_FIELDS:
-                raise ConfigurationError(
-                    f"extra repeats {key!r}: pass it as the {_NAMED_FIELDS[key]!r} parameter"
-                )
-            body[key] = value
+    given: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    extra = given.pop("extra", {})
+    body = {} if engine is None else {"conversation_engine": _check_engine(engine)}
+    for name, value in given.items():
+        if name in ("avatar_id", "render_model"):
+            _check_text(value, name)
+        elif name == "background" and value not in _BACKGROUNDS:
+            raise ConfigurationError(f"background must be one of {_BACKGROUNDS}")
+        elif name in _LIMITS:
+            _check_int(value, name, *_LIMITS[name])
+        body[name] = value
+    if not isinstance(extra, Mapping):
+        raise ConfigurationError("extra must be a mapping of top-level fields")
+    for key, value in extra.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError("extra keys must be non-empty strings")
+        if key in _NAMED_FIELDS:
+            named = "engine" if key == "conversation_engine" else key
+            raise ConfigurationError(f"extra repeats {key!r}: pass it as {named}=")
+        body[key] = value
     return body
 
 
@@ -1869,13 +1800,11 @@ def _check_headers(headers: object) -> None:
     if not isinstance(headers, Mapping):
         raise ConfigurationError("external engine headers must be a mapping")
     for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str) or not name:
+        text = isinstance(name, str) and isinstance(value, str) and name
+        if not text or _CONTROL.search(name + value):
             raise ConfigurationError(
-                "external engine headers must map strings to strings"
-            )
-        if _CONTROL.search(name + value):
-            raise ConfigurationError(
-                "external engine headers must not contain control characters"
+                "external engine headers must map names to values: strings "
+                "without control characters"
             )
 
 
@@ -1953,14 +1882,10 @@ def _check_base_url(url: object) -> str:
 
 
 def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
     import ipaddress  # only here: most hosts are names
 
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
     except ValueError:
         return False
 
@@ -1977,14 +1902,15 @@ def _check_timeout(timeout: object) -> tuple[float, float]:
 
 
 def _check_seconds(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Positive seconds, at most a day (NaN, bools and strings refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= _MAX_SECONDS
+    ):
         raise ConfigurationError(
-            f"{name} must be seconds (a number)"
-            + (" or a (connect, read) pair" if name == "timeout" else "")
-        )
-    if not (0 < value <= _MAX_SECONDS):  # also refuses NaN
-        raise ConfigurationError(
-            f"{name} seconds must be positive and at most {_MAX_SECONDS:.0f}"
+            f"{name} must be positive seconds, at most {_MAX_SECONDS:.0f}"
+            + (", or a (connect, read) pair of them" if name == "timeout" else "")
         )
     return float(value)
 
@@ -2009,19 +1935,8 @@ _MIN_SECRET_CHARS = 4
 
 # Keys whose values are credentials wherever they appear in a JSON document.
 _SECRET_KEYS = frozenset(
-    {
-        "client_secret",
-        "access_token",
-        "api_key",
-        "apikey",
-        "token",
-        "session_token",
-        "sessiontoken",
-        "secret",
-        "password",
-        "authorization",
-        "headers",
-    }
+    "client_secret access_token api_key apikey token session_token sessiontoken "
+    "secret password authorization headers".split()
 )
 # C0 and C1 control characters: a server's ESC or BEL never reaches a terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

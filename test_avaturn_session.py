@@ -92,7 +92,6 @@ def no_env(monkeypatch):
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(av, "_default_client", None)
-    monkeypatch.setattr(av, "_shared_http_session", None)
     av._TOKENS.clear()
     yield
     av.close_shared_clients()
