@@ -1935,8 +1935,19 @@ _MIN_SECRET_CHARS = 4
 
 # Keys whose values are credentials wherever they appear in a JSON document.
 _SECRET_KEYS = frozenset(
-    "client_secret access_token api_key apikey token session_token sessiontoken "
-    "secret password authorization headers".split()
+    [
+        "client_secret",
+        "access_token",
+        "api_key",
+        "apikey",
+        "token",
+        "session_token",
+        "sessiontoken",
+        "secret",
+        "password",
+        "authorization",
+        "headers",
+    ]
 )
 # C0 and C1 control characters: a server's ESC or BEL never reaches a terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
