@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 import requests
 
 import avaturn_session as av
-from test_avaturn_session import KEY, FakeAvaturn  # the suite's one fake
+
+sys.path.insert(0, str(ROOT / "testing"))
+from fake_avaturn import KEY, FakeAvaturn  # the loopback fake the tests use too
 
 BODY = {
     "conversation_engine": av.text_echo_engine("voice_1"),
