@@ -31,6 +31,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -47,6 +48,7 @@ import urllib3
 import urllib3.connection
 import urllib3.exceptions
 import urllib3.response
+import urllib3.util
 
 if TYPE_CHECKING:  # only the type checker needs these (Self, Unpack: 3.11+)
     import argparse
@@ -1579,7 +1581,23 @@ class _Connection(urllib3.connection.HTTPConnection):
 
     @property
     def is_connected(self) -> bool:
-        return _now() < self.reusable_until and super().is_connected
+        if self.sock is None or _now() >= self.reusable_until:
+            return False
+        if not urllib3.util.wait_for_read(self.sock, timeout=0.0):
+            return True
+        # Readable while idle: the server closed it, or (TLS 1.3, a connection
+        # warmed but not used yet) sent its session tickets: read to tell.
+        timeout = self.sock.gettimeout()
+        try:
+            self.sock.settimeout(0.0)
+            self.sock.recv(1)  # b"": closed; any byte: not an answer of ours
+        except ssl.SSLWantReadError:
+            return True  # only TLS records, now processed
+        except OSError:
+            pass
+        finally:
+            self.sock.settimeout(timeout)
+        return False
 
 
 class _TLSConnection(_Connection, urllib3.connection.HTTPSConnection):

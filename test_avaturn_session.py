@@ -458,7 +458,7 @@ def test_client_closes_only_its_own_session():
             super().close()
 
     theirs = Spy()
-    with av.AvaturnClient(KEY, http=theirs):
+    with av.AvaturnClient(KEY, http_session=theirs):
         pass
     assert closed == []
     client = av.AvaturnClient(KEY)
@@ -476,8 +476,19 @@ def test_client_sends_through_given_requests_session(mock):
         match=[matchers.header_matcher({"X-Proxy-Tag": "t"}, strict_match=False)],
         json={"session_id": "s1", "token": "t1"},
     )
-    av.AvaturnClient(KEY, http=http).create_session()
+    av.AvaturnClient(KEY, http_session=http).create_session()
     assert "Authorization" not in http.headers
+
+
+def test_client_http_keyword_still_works_and_warns(mock):
+    http = requests.Session()
+    mock.post(SESSIONS, json={"session_id": "s1", "token": "t1"})
+    with pytest.warns(DeprecationWarning, match="http_session"):
+        client = av.AvaturnClient(KEY, http=http)
+    assert client._transport.http is http
+    client.create_session()
+    with pytest.raises(av.ConfigurationError, match="http_session"):
+        av.AvaturnClient(KEY, http=http, http_session=http)
 
 
 # --------------------------------------------------------------------------- #
@@ -2271,7 +2282,7 @@ def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with av._default_lock, av._REDACTOR._lock, av._WATCHDOG._cond:
+        with av._lock:
             held.set()
             release.wait(30)
 
@@ -2293,6 +2304,107 @@ def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
 
 
 # --------------------------------------------------------------------------- #
+# warm(): a fresh worker's connections opened before any visitor waits
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def three_fakes(monkeypatch):
+    """Avaturn, OpenAI and Cartesia on fakes of their own, keys in the environment."""
+    fakes = {name: FakeAvaturn() for name in ("avaturn", "openai", "cartesia")}
+    for name, value in {
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fakes["avaturn"].url,
+        "OPENAI_API_KEY": "sk-warm",
+        "OPENAI_BASE_URL": fakes["openai"].url + "/v1",
+        "CARTESIA_API_KEY": "ck-warm",
+        "CARTESIA_BASE_URL": fakes["cartesia"].url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    yield fakes
+    for fake in fakes.values():
+        fake.close()
+
+
+def connections(fakes: dict[str, FakeAvaturn]) -> dict[str, int]:
+    return {name: fake.connections for name, fake in fakes.items()}
+
+
+def session_starts(n: int = 3) -> None:
+    """The README's two flows, as a worker serves its visitors."""
+    for _ in range(n):
+        secret = av.mint_openai_client_secret()
+        av.create_session(av.openai_realtime_engine(secret))
+        av.create_session(av.cartesia_engine(av.mint_cartesia_access_token(), "a1"))
+
+
+def test_warm_opens_each_configured_host_and_sends_nothing(three_fakes):
+    assert av.warm() == []
+    wait_for(lambda: all(connections(three_fakes).values()))
+    assert connections(three_fakes) == {"avaturn": 1, "openai": 1, "cartesia": 1}
+    assert all(not fake.attempts for fake in three_fakes.values())  # nothing billed
+    assert av.warm() == []  # twice is safe: the same connections
+    session_starts()
+    assert connections(three_fakes) == {"avaturn": 1, "openai": 1, "cartesia": 1}
+
+
+def test_warm_skips_providers_without_a_key(three_fakes, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("CARTESIA_API_KEY")
+    assert av.warm() == []
+    wait_for(lambda: three_fakes["avaturn"].connections)
+    assert connections(three_fakes) == {"avaturn": 1, "openai": 0, "cartesia": 0}
+
+
+def test_warm_over_tls_opens_the_connections_the_calls_use(tls_fakes):
+    assert av.warm() == []
+    session_starts()
+    assert connections(tls_fakes) == {"avaturn": 1, "openai": 1, "cartesia": 1}
+
+
+def test_warm_survives_an_unreachable_host_and_says_which(
+    three_fakes, monkeypatch, caplog
+):
+    dead = closed_port_url()
+    monkeypatch.setenv("OPENAI_BASE_URL", dead + "/v1")
+    assert av.warm() == [dead + "/v1"]
+    wait_for(lambda: three_fakes["cartesia"].connections)
+    assert f"could not warm {dead}/v1" in caplog.text
+    assert "sk-warm" not in caplog.text
+    assert connections(three_fakes) == {"avaturn": 1, "openai": 0, "cartesia": 1}
+
+
+def test_warm_is_bounded_by_the_connect_timeout(three_fakes, stalled_resolver):
+    url = three_fakes["avaturn"].url.replace("127.0.0.1", "localhost")
+    client = av.AvaturnClient(KEY, base_url=url, timeout=(0.2, 5))
+    assert client.warm() is False
+    assert three_fakes["avaturn"].connections == 0
+
+
+def test_warm_refuses_bad_configuration(three_fakes, monkeypatch):
+    monkeypatch.delenv("AVATURN_API_KEY")
+    with pytest.raises(av.ConfigurationError, match="AVATURN_API_KEY"):
+        av.warm()
+    assert connections(three_fakes) == {"avaturn": 0, "openai": 0, "cartesia": 0}
+
+
+def test_warm_in_a_forked_child_opens_its_own_connections(three_fakes):
+    assert av.warm() == []
+    wait_for(lambda: all(connections(three_fakes).values()))
+
+    def child_worker() -> list[str]:
+        cold = av.warm()  # as gunicorn's post_fork hook would
+        session_starts(1)
+        return cold
+
+    assert in_child(child_worker) == []
+    # the child opened its own (it never used the parent's); the parent's still serve
+    assert connections(three_fakes) == {"avaturn": 2, "openai": 2, "cartesia": 2}
+    session_starts(1)
+    assert connections(three_fakes) == {"avaturn": 2, "openai": 2, "cartesia": 2}
+
+
+# --------------------------------------------------------------------------- #
 # No secret anywhere a framework looks (messages, tracebacks, frame locals)
 # --------------------------------------------------------------------------- #
 
@@ -2311,7 +2423,9 @@ def test_proxy_credentials_never_reach_the_error(sleeps):
     http_session = requests.Session()
     proxy = closed_port_url().replace("http://", "http://alice:pa55word@")
     http_session.proxies = {"https": proxy, "http": proxy}
-    client = av.AvaturnClient(KEY, base_url="https://api.example", http=http_session)
+    client = av.AvaturnClient(
+        KEY, base_url="https://api.example", http_session=http_session
+    )
     with pytest.raises(av.APIConnectionError) as info:
         client.create_session()
     text = "".join(traceback.format_exception(info.value))
