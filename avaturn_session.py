@@ -473,10 +473,11 @@ class AvaturnSession:
         return _WEB_SDK_PAGE.format(width=width, height=height, config=script)
 
     def _repr_html_(self) -> str:
-        """The live avatar in a Jupyter cell: ``web_sdk_html`` in an iframe."""
+        """The live avatar in a Jupyter cell: ``web_sdk_html`` in an iframe, the
+        microphone on (a voice engine hears its user; text-echo ignores it)."""
         import html
 
-        page = html.escape(self.web_sdk_html(height="440px"), quote=True)
+        page = html.escape(self.web_sdk_html(audio=True, height="440px"), quote=True)
         return (
             f'<iframe srcdoc="{page}" allow="microphone; autoplay" '
             'style="width: 100%; height: 480px; border: 0"></iframe>'
@@ -523,9 +524,12 @@ _WEB_SDK_PAGE = """<!doctype html>
     await head.init();
     show("Connected.");
   }} catch (error) {{
+    const reason = String(error && error.message || error);
     show(head === null
       ? "Could not load the Avaturn Web SDK from " + config.sdkUrl + "."
-      : "Could not connect to the avatar: " + (error && error.message || error), true);
+      : /status code 40[134]|status code 410/.test(reason)  // the token is no longer valid
+      ? "This avatar session has ended."
+      : "Could not connect to the avatar: " + reason, true);
   }}
   window.addEventListener("pagehide", () => head && head.dispose());
 </script>

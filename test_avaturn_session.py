@@ -3252,6 +3252,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
 )
 OPENAI_KEY = "sk-BROWSER-SENTINEL"
@@ -3486,6 +3487,30 @@ def test_browser_notebook_view_says_when_the_sdk_cannot_load(
     )
     assert "Could not load the Avaturn Web SDK" in status
     assert not [c for c in fake.sdk_calls if c["path"].startswith("/_sdk/")]
+
+
+def test_browser_notebook_view_of_an_ended_session_says_so(
+    browsers, fake, notebook_host
+):
+    from selenium.webdriver.common.by import By
+
+    client = client_for(fake)
+    created = client.create_session()
+    client.terminate_session(created.session_id)
+    notebook_host.page = (
+        '<!doctype html><meta charset="utf-8"><body>' + created._repr_html_()
+    )
+    browser = browsers()
+    browser.get(notebook_host.url + "/_test/page")
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+    status = until(
+        lambda: (
+            "ended" in (text := browser.find_element(By.ID, "status").text) and text
+        ),
+        "the ended-session message",
+    )
+    assert status == "This avatar session has ended."
+    assert fake.sdk_calls[0]["token"] == created.token  # the SDK was refused: 401
 
 
 # --------------------------------------------------------------------------- #
