@@ -3160,14 +3160,20 @@ def test_example_tab_close_beacon_ends_the_session(visitor, mock):
     assert left.status_code == 200 and json_of(left) == {"terminated": True}
 
 
-def test_example_errors_are_json_without_secrets(visitor, mock, sleeps):
+def test_example_errors_reach_visitors_as_a_generic_message(
+    visitor, mock, sleeps, caplog
+):
     mock.post(OPENAI_SECRETS, json={"value": "ek_1", "expires_at": 2000000000})
-    for _ in range(3):
-        mock.post(SESSIONS, status=503, json={"detail": f"down, key {KEY}"})
+    mock.post(SESSIONS, status=401, json={"detail": f"Invalid API key {KEY}"})
     failed = visitor().start()
     assert failed.status_code == 502
-    assert json_of(failed)["error"] == "InternalServerError"
-    assert KEY not in str(json_of(failed))
+    assert json_of(failed) == {
+        "error": "avatar_unavailable",
+        "message": "The avatar is unavailable right now. Please try again later.",
+    }
+    # the detail is for the operator, in the log, with the key masked
+    assert "AuthenticationError: 401 Unauthorized" in caplog.text
+    assert "Invalid API key ***" in caplog.text and KEY not in caplog.text
 
 
 def test_flask_example_refuses_cross_site_requests(example_env, mock):
@@ -3197,14 +3203,105 @@ def test_django_example_keeps_csrf_protection_on(example_env, mock):
     assert len(mock.calls) == 0
 
 
-def test_flask_example_signs_cookies_with_the_configured_key(
-    example_env, monkeypatch, caplog
-):
+def test_flask_example_signs_cookies_with_the_configured_key(example_env):
     assert load_example("flask_app").app.secret_key == "flask-test-secret"
-    monkeypatch.delenv("FLASK_SECRET_KEY")
-    app = load_example("flask_app").app
-    assert len(app.secret_key) == 64
-    assert "FLASK_SECRET_KEY is not set" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "debug"),
+    [
+        ("flask_app", "FLASK_SECRET_KEY", "FLASK_DEBUG"),
+        ("django_app", "DJANGO_SECRET_KEY", "DJANGO_DEBUG"),
+    ],
+)
+def test_example_refuses_to_start_without_its_secret_key(
+    example_env, monkeypatch, name, variable, debug
+):
+    monkeypatch.delenv(variable)
+    load = [sys.executable, "-c", f"import {name}"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'examples'}"}
+    refused = subprocess.run(load, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0
+    assert f"RuntimeError: {variable} is not set" in refused.stderr
+    # in debug mode (one process) a random key will do, with a warning
+    env[debug] = "1"
+    debugging = subprocess.run(
+        load, env=env, capture_output=True, text=True, check=False
+    )
+    assert debugging.returncode == 0, debugging.stderr
+    assert f"{variable} is not set: a random key" in debugging.stderr
+
+
+GUNICORN_TARGETS = {"flask": "flask_app:app", "django": "django_app:application"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gunicorn(fake: FakeAvaturn, target: str, **env: str) -> Any:
+    """The README's command: 4 workers, the examples' config (warm() in post_fork)."""
+    executable = Path(sys.executable).with_name("gunicorn")
+    assert executable.exists(), "gunicorn is in the test extra"
+    port = free_port()
+    command = [str(executable), "-w", "4", "-c", "examples/gunicorn.conf.py"]
+    command += ["--chdir", "examples", "--bind", f"127.0.0.1:{port}", target]
+    variables = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fake.url,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": fake.url + "/v1",
+        **env,
+    }
+    server = subprocess.Popen(
+        command, cwd=ROOT, env=variables, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+@pytest.mark.parametrize("framework", ["flask", "django"])
+def test_example_serves_its_visitors_under_gunicorn_with_4_workers(
+    fake, no_env, framework
+):
+    keys = {"FLASK_SECRET_KEY": "gunicorn-test", "DJANGO_SECRET_KEY": "gunicorn-test"}
+    with gunicorn(fake, GUNICORN_TARGETS[framework], **keys) as (_, url):
+        # post_fork: each worker opened its Avaturn and OpenAI connections
+        # (both on this fake) before its first visitor, and sent nothing
+        until(lambda: fake.connections >= 8, "4 warmed workers")
+        assert not fake.attempts
+        ended = []
+        for _ in range(12):  # a visitor's requests land on any of the workers
+            visitor = requests.Session()
+            page = visitor.get(url + "/", timeout=10)  # queued until a worker is up
+            config = json.loads(
+                re.search(r'id="config" type="application/json">(.*?)<', page.text)[1]
+            )
+            headers = {"X-CSRFToken": config.get("csrfToken", "")}
+            started = visitor.post(url + "/avatar/session", json={}, headers=headers)
+            sid = started.json()["session_id"]
+            end = visitor.delete(f"{url}/avatar/session/{sid}", headers=headers)
+            ended.append(end.json())
+        assert ended == [{"terminated": True}] * 12
+        assert len(fake.created) == 12 and fake.sessions == {}
+
+
+@pytest.mark.parametrize("framework", ["flask", "django"])
+def test_example_under_gunicorn_refuses_to_start_without_its_secret_key(
+    fake, no_env, framework
+):
+    variable = f"{framework.upper()}_SECRET_KEY"
+    with gunicorn(fake, GUNICORN_TARGETS[framework]) as (server, _):
+        assert server.wait(60) != 0
+        assert f"{variable} is not set" in server.stderr.read()
 
 
 @pytest.mark.parametrize("name", ["flask_app", "django_app"])

@@ -1,26 +1,30 @@
 """A single-file Django backend for an Avaturn.Live avatar, on avaturn-session.
 
 Run:  DJANGO_SECRET_KEY=... AVATURN_API_KEY=... OPENAI_API_KEY=... \\
-      python examples/django_app.py runserver
+      gunicorn -w 4 -c examples/gunicorn.conf.py --chdir examples django_app:application
+(or ``DJANGO_DEBUG=1 python examples/django_app.py runserver`` while developing).
 Then open http://127.0.0.1:8000/ . The same endpoints and page as
 examples/flask_app.py: each session belongs to the visitor who started it
 (Django's signed-cookie session), say and end answer 404 for anyone else's,
 one live session per visitor, the page ends the session on Stop and when the
 tab goes away. Django's CSRF protection stays on: the page sends the token.
+Visitors get a generic message when Avaturn fails; the detail goes to the log.
+Without ``DJANGO_SECRET_KEY`` it refuses to start (unless ``DJANGO_DEBUG=1``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import django
 from django.conf import settings
+from django.core.wsgi import get_wsgi_application
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.urls import path
@@ -28,15 +32,22 @@ from django.views.decorators.http import require_http_methods
 
 import avaturn_session as av
 
+log = logging.getLogger(__name__)
+DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 if not settings.configured:
     secret_key = os.environ.get("DJANGO_SECRET_KEY")
     if not secret_key:
-        warnings.warn(
-            "DJANGO_SECRET_KEY is not set: using a random per-process key", stacklevel=1
-        )
-        secret_key = secrets.token_hex(32)
+        if not DEBUG:
+            # A key per worker process would make each worker reject the others'
+            # signed cookies: a visitor could not end the session they started.
+            raise RuntimeError(
+                "DJANGO_SECRET_KEY is not set: set it to the same random value for "
+                "every worker (python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        secret_key = secrets.token_hex(32)  # DJANGO_DEBUG=1: one process only
+        log.warning("DJANGO_SECRET_KEY is not set: a random key, for debug only")
     settings.configure(
-        DEBUG=False,
+        DEBUG=DEBUG,
         SECRET_KEY=secret_key,
         ROOT_URLCONF=__name__,
         ALLOWED_HOSTS=["127.0.0.1", "localhost", "testserver"],
@@ -63,7 +74,8 @@ View = Callable[..., HttpResponse]
 
 
 def errors_as_json(view: View) -> View:
-    """Bad input is the caller's 400; anything upstream is a 502. No secret in either."""
+    """Errors as JSON. An Avaturn failure's detail goes to the log (secrets
+    already masked); visitors get a generic message."""
 
     def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         try:
@@ -71,9 +83,10 @@ def errors_as_json(view: View) -> View:
         except Http404:
             return JsonResponse({"error": "Not Found"}, status=404)
         except av.AvaturnError as exc:
-            status = 400 if isinstance(exc, av.ConfigurationError) else 502
-            body = {"error": type(exc).__name__, "message": str(exc)}
-            return JsonResponse(body, status=status)
+            log.error("avatar request failed: %s: %s", type(exc).__name__, exc)
+            message = "The avatar is unavailable right now. Please try again later."
+            body = {"error": "avatar_unavailable", "message": message}
+            return JsonResponse(body, status=502)
 
     return wrapped
 
@@ -107,7 +120,7 @@ def start_avatar(request: HttpRequest) -> HttpResponse:
         try:
             av.terminate_session(previous)
         except av.AvaturnError as exc:  # it also ends after user_absent_timeout
-            warnings.warn(f"could not end session {previous}: {exc}", stacklevel=1)
+            log.warning("could not end session %s: %s", previous, exc)
     secret = av.mint_openai_client_secret(REALTIME_SESSION, expires_in=600)
     created = av.create_session(
         av.openai_realtime_engine(secret), user_absent_timeout=30
@@ -148,7 +161,11 @@ urlpatterns = [
 ]
 
 
-if __name__ == "__main__":
+# What gunicorn, uWSGI and mod_wsgi load: django_app:application
+application = get_wsgi_application()
+
+if __name__ == "__main__":  # runserver: a single process, warmed up once
     from django.core.management import execute_from_command_line
 
+    av.warm()
     execute_from_command_line(sys.argv)

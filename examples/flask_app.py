@@ -1,9 +1,10 @@
 """A Flask backend for an Avaturn.Live avatar, on avaturn-session: fit to copy.
 
 Run:  FLASK_SECRET_KEY=... AVATURN_API_KEY=... OPENAI_API_KEY=... \\
-      flask --app examples/flask_app.py run
-Then open http://127.0.0.1:5000/ . The browser only ever sees its own session
-token; the Avaturn and OpenAI keys stay here.
+      gunicorn -w 4 -c examples/gunicorn.conf.py --chdir examples flask_app:app
+(or ``flask --app examples/flask_app.py --debug run`` while developing).
+Then open http://127.0.0.1:8000/ (5000 with flask). The browser only ever sees
+its own session token; the Avaturn and OpenAI keys stay here.
 
 What it shows:
 - each Avaturn session belongs to the visitor who started it (Flask's signed
@@ -13,6 +14,10 @@ What it shows:
   ``POST /avatar/session/<id>/end``);
 - cross-site requests are refused: JSON endpoints need a JSON body, and every
   state-changing request must come from this site's own pages;
+- visitors get a generic message when Avaturn fails; the detail goes to the log;
+- it refuses to start without ``FLASK_SECRET_KEY`` (outside debug mode): every
+  worker must sign cookies with the same key, or a visitor's next request,
+  served by another worker, could not end the session it started;
 - the Web SDK version is pinned once (``av.WEB_SDK_URL``); ``AVATURN_SDK_URL``
   serves another copy (offline deployments, tests).
 """
@@ -20,6 +25,7 @@ What it shows:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -30,12 +36,18 @@ from flask import Flask, Response, abort, jsonify, request, session
 import avaturn_session as av
 
 app = Flask(__name__)
+log = logging.getLogger(__name__)
 app.secret_key = os.environ.get("FLASK_SECRET_KEY")
 if not app.secret_key:
-    # A random key per process: cookies die with a restart and are not shared
-    # between workers. Set FLASK_SECRET_KEY in any real deployment.
-    app.secret_key = secrets.token_hex(32)
-    app.logger.warning("FLASK_SECRET_KEY is not set: using a random per-process key")
+    if os.environ.get("FLASK_DEBUG") != "1":
+        # A key per worker process would make each worker reject the others'
+        # cookies: a visitor could not end the session they started.
+        raise RuntimeError(
+            "FLASK_SECRET_KEY is not set: set it to the same random value for "
+            "every worker (python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    app.secret_key = secrets.token_hex(32)  # flask --debug: one process only
+    log.warning("FLASK_SECRET_KEY is not set: a random key, for debug mode only")
 app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
 
 REALTIME_SESSION = {
@@ -115,7 +127,7 @@ def end_quietly(session_id: str) -> None:
     try:
         av.terminate_session(session_id)
     except av.AvaturnError as exc:  # it also ends by itself after user_absent_timeout
-        app.logger.warning("could not end session %s: %s", session_id, exc)
+        log.warning("could not end session %s: %s", session_id, exc)
 
 
 @app.errorhandler(403)
@@ -128,9 +140,11 @@ def http_error(exc: Any) -> tuple[Response, int]:
 
 @app.errorhandler(av.AvaturnError)
 def avaturn_failed(exc: av.AvaturnError) -> tuple[Response, int]:
-    """Bad input is the caller's 400; anything upstream is a 502. No secret in either."""
-    status = 400 if isinstance(exc, av.ConfigurationError) else 502
-    return jsonify(error=type(exc).__name__, message=str(exc)), status
+    """The detail goes to the log (secrets already masked); visitors get a
+    generic message: not our configuration, keys or Avaturn's internals."""
+    log.error("avatar request failed: %s: %s", type(exc).__name__, exc)
+    message = "The avatar is unavailable right now. Please try again later."
+    return jsonify(error="avatar_unavailable", message=message), 502
 
 
 @app.get("/")
@@ -147,5 +161,6 @@ def script_json(value: object) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # a single process: warm up once, then serve
+    av.warm()
     app.run(debug=False)
