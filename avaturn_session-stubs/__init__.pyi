@@ -1,0 +1,239 @@
+# Types of avaturn_session for installed users: a single module cannot carry a
+# py.typed marker (PEP 561), so its types ship beside it as this stub-only
+# package. CI checks it against the module with mypy's stubtest: it cannot drift.
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypedDict
+
+import requests
+from typing_extensions import Self, Unpack
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_DEADLINE",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_POOL_MAXSIZE",
+    "DEFAULT_TIMEOUT",
+    "INITIAL_RETRY_DELAY",
+    "KEEPALIVE_EXPIRY",
+    "MAX_ERROR_BODY_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "MAX_RETRY_AFTER",
+    "MAX_RETRY_DELAY",
+    "WEB_SDK_URL",
+    "APIConnectionError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "AvaturnClient",
+    "AvaturnError",
+    "AvaturnSession",
+    "BadRequestError",
+    "ConfigurationError",
+    "CredentialError",
+    "GoneError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
+    "cartesia_engine",
+    "close_shared_clients",
+    "create_session",
+    "external_engine",
+    "main",
+    "mint_cartesia_access_token",
+    "mint_openai_client_secret",
+    "openai_realtime_engine",
+    "say",
+    "session",
+    "terminate_session",
+    "text_echo_engine",
+    "warm",
+]
+
+__version__: str
+
+DEFAULT_BASE_URL: str
+WEB_SDK_URL: str
+DEFAULT_TIMEOUT: tuple[float, float]
+DEFAULT_DEADLINE: float
+DEFAULT_MAX_RETRIES: int
+INITIAL_RETRY_DELAY: float
+MAX_RETRY_DELAY: float
+MAX_RETRY_AFTER: float
+DEFAULT_POOL_MAXSIZE: int
+KEEPALIVE_EXPIRY: float
+MAX_RESPONSE_BYTES: int
+MAX_ERROR_BODY_BYTES: int
+
+class AvaturnError(Exception):
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class ConfigurationError(AvaturnError, ValueError): ...
+
+class CredentialError(AvaturnError):
+    provider: str
+    def __init__(self, message: str, *, provider: str) -> None: ...
+
+class APIConnectionError(AvaturnError):
+    method: str
+    path: str
+    request_sent: bool
+    def __init__(
+        self, message: str, *, method: str, path: str, request_sent: bool
+    ) -> None: ...
+
+class APITimeoutError(APIConnectionError): ...
+
+class APIResponseError(AvaturnError):
+    status_code: int
+    method: str
+    path: str
+    session_id: str | None
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        method: str,
+        path: str,
+        session_id: str | None = None,
+    ) -> None: ...
+
+class APIStatusError(AvaturnError):
+    status_code: int
+    detail: Any
+    request_id: str | None
+    method: str
+    path: str
+    body: Any
+    retry_after: float | None
+    errors: list[Any]
+    def __init__(
+        self,
+        *,
+        status_code: int,
+        detail: Any,
+        request_id: str | None,
+        method: str,
+        path: str,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None: ...
+
+class BadRequestError(APIStatusError): ...
+class AuthenticationError(APIStatusError): ...
+class PermissionDeniedError(APIStatusError): ...
+class NotFoundError(APIStatusError): ...
+class GoneError(APIStatusError): ...
+class UnprocessableEntityError(APIStatusError): ...
+class RateLimitError(APIStatusError): ...
+class InternalServerError(APIStatusError): ...
+
+class AvaturnSession:
+    __match_args__ = ("session_id", "token", "api_host")
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def api_host(self) -> str: ...
+    def __init__(self, session_id: str, token: str, api_host: str) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def web_sdk_options(self) -> dict[str, str]: ...
+    def web_sdk_html(
+        self,
+        *,
+        sdk_url: str | None = None,
+        audio: bool = False,
+        width: str = "100%",
+        height: str = "480px",
+    ) -> str: ...
+
+class _CreateOptions(TypedDict, total=False):
+    avatar_id: str | None
+    background: str | None
+    render_model: str | None
+    user_absent_timeout: int | None
+    max_duration: int | None
+    extra: Mapping[str, Any] | None
+
+def openai_realtime_engine(client_secret: str) -> dict[str, Any]: ...
+def cartesia_engine(access_token: str, agent_id: str) -> dict[str, Any]: ...
+def text_echo_engine(voice_id: str) -> dict[str, Any]: ...
+def external_engine(
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    user_sample_rate: int | None = None,
+) -> dict[str, Any]: ...
+def mint_openai_client_secret(
+    session: Mapping[str, Any] | None = None,
+    *,
+    expires_in: int = 600,
+    api_key: str | None = None,
+    openai_client: Any = None,
+    timeout: float | tuple[float, float] = ...,
+    deadline: float = ...,
+) -> str: ...
+def mint_cartesia_access_token(
+    *,
+    api_key: str | None = None,
+    expires_in: int = 300,
+    base_url: str | None = None,
+    timeout: float | tuple[float, float] = ...,
+    deadline: float = ...,
+) -> str: ...
+
+class AvaturnClient:
+    base_url: str
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | tuple[float, float] = ...,
+        max_retries: int = ...,
+        http_session: requests.Session | None = None,
+        deadline: float = ...,
+        http: requests.Session | None = None,
+    ) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+    def close(self) -> None: ...
+    def warm(self) -> bool: ...
+    def create_session(
+        self,
+        engine: Mapping[str, Any] | None = None,
+        *,
+        avatar_id: str | None = None,
+        background: str | None = None,
+        render_model: str | None = None,
+        user_absent_timeout: int | None = None,
+        max_duration: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> AvaturnSession: ...
+    def say(self, session_id: str, text: str) -> str: ...
+    def terminate_session(self, session_id: str) -> bool: ...
+    def session(
+        self,
+        engine: Mapping[str, Any] | None = None,
+        **options: Unpack[_CreateOptions],
+    ) -> contextlib.AbstractContextManager[AvaturnSession]: ...
+
+def create_session(
+    engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
+) -> AvaturnSession: ...
+def say(session_id: str, text: str) -> str: ...
+def terminate_session(session_id: str) -> bool: ...
+def session(
+    engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
+) -> contextlib.AbstractContextManager[AvaturnSession]: ...
+def warm() -> list[str]: ...
+def close_shared_clients() -> None: ...
+def main(argv: Sequence[str] | None = None) -> int: ...
