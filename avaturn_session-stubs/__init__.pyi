@@ -3,11 +3,11 @@
 # package. CI checks it against the module with mypy's stubtest: it cannot drift.
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import requests
-from typing_extensions import Self, Unpack
+from typing_extensions import Self, Unpack  # noqa: UP035 - users on Python 3.10 too
 
 __all__ = [
     "DEFAULT_BASE_URL",
