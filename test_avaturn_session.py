@@ -3630,6 +3630,17 @@ def test_notebook_runs_shows_the_avatar_and_leaves_no_session(
     }.items():
         monkeypatch.setenv(name, value)
     notebook = nbformat.read(ROOT / "examples" / "notebook.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in notebook.cells), "saved with outputs"
+    # Run All waits at the notebook's input() for its reader's Enter. Here the
+    # "reader" has the echo avatar speak first: a 404 if it had already ended.
+    notebook.cells.insert(
+        0,
+        nbformat.v4.new_code_cell(
+            "get_ipython().kernel.raw_input = (\n"
+            "    lambda prompt='': av.say(echo.session_id, 'still live')\n"
+            ")"
+        ),
+    )
     nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
     shown = next(
         c for c in notebook.cells if c.cell_type == "code" and c.source == "session"
@@ -3637,6 +3648,7 @@ def test_notebook_runs_shows_the_avatar_and_leaves_no_session(
     data = shown.outputs[0]["data"]
     assert data["text/html"].startswith("<iframe srcdoc=")
     assert 'allow="microphone; autoplay"' in data["text/html"]
+    assert '"audio": true' in html.unescape(data["text/html"])  # the user is heard
     token = next(
         r["token"]
         for r in fake.created.values()
@@ -3646,6 +3658,7 @@ def test_notebook_runs_shows_the_avatar_and_leaves_no_session(
     assert token not in data["text/plain"]  # repr() stays token-free
     everything = json.dumps(nbformat.writes(notebook))
     assert KEY not in everything and OPENAI_KEY not in everything
-    assert [text for _, text in fake.spoken] == ["Hello from the notebook!"]
+    spoken = [text for _, text in fake.spoken]
+    assert spoken == ["Hello from the notebook!", "still live"]
     assert fake.sessions == {}, "the notebook left a session running"
     assert len(fake.created) == 2
