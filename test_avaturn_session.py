@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -1175,8 +1176,8 @@ def test_retry_rules_on_real_socket(fake, sleeps, fault, op, retried):
     assert Counter(fake.spoken)[(sid, "once")] <= 1
 
 
-def test_readme_retry_table_matches_the_rules():
-    readme = (ROOT / "README.md").read_text()
+def test_design_notes_retry_table_matches_the_rules():
+    readme = (ROOT / "docs" / "design.md").read_text()
     section = readme[
         readme.index("| failure | create, say (POST) | terminate (DELETE) |") :
     ]
@@ -2952,13 +2953,30 @@ def test_cli_runs_as_python_dash_m(no_env):
 # --------------------------------------------------------------------------- #
 
 
-def readme_snippets() -> list[str]:
+def readme_sections() -> dict[str, list[str]]:
+    """The README's Python snippets by section: a section's run in one namespace."""
     text = (ROOT / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    sections = {}
+    for part in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        snippets = re.findall(r"```python\n(.*?)```", part, flags=re.DOTALL)
+        if snippets:
+            sections[part.splitlines()[0]] = snippets
+    return sections
 
 
-@pytest.mark.parametrize("index", range(len(readme_snippets())))
-def test_readme_snippet_runs(index, fake, monkeypatch, no_env, sleeps):
+def run_readme(section: str, namespace: dict[str, Any] | None = None) -> Any:
+    """Run a README section's snippets in order, as a module of their own."""
+    module = types.ModuleType("readme_snippet")
+    module.__dict__.update(namespace or {})
+    with contextlib.redirect_stdout(io.StringIO()):
+        for index, snippet in enumerate(readme_sections()[section]):
+            code = compile(snippet, f"README.md:{section}#{index}", "exec")
+            exec(code, module.__dict__)  # noqa: S102 - running the README's own snippets is the test
+    return module
+
+
+@pytest.fixture
+def readme_env(fake, monkeypatch, no_env, sleeps):
     for name, value in [
         ("AVATURN_API_KEY", KEY),
         ("AVATURN_BASE_URL", fake.url),
@@ -2966,16 +2984,90 @@ def test_readme_snippet_runs(index, fake, monkeypatch, no_env, sleeps):
         ("OPENAI_BASE_URL", fake.url + "/v1"),
         ("CARTESIA_API_KEY", "ck-readme"),
         ("CARTESIA_BASE_URL", fake.url),
+        ("FLASK_SECRET_KEY", "readme-secret"),
     ]:
         monkeypatch.setenv(name, value)
-    namespace: dict[str, Any] = {"__name__": "readme_snippet"}
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = compile(readme_snippets()[index], f"README.md#{index}", "exec")
-        exec(code, namespace)  # noqa: S102 - running the README's own snippets is the test
-        for name, value in list(namespace.items()):
-            if name.startswith("test_") and callable(value):
-                value()
-    assert not fake.sessions, "a README snippet left a session running"
+    return fake
+
+
+def test_readme_has_sections_a_user_needs_in_order_and_stays_short():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    headings = re.findall(r"^## (.*)$", text, flags=re.MULTILINE)
+    wanted = [
+        "Install",
+        "Quick start",
+        "The browser side",
+        "Flask and Django",
+        "In a notebook",
+        "Errors",
+        "Settings",
+        "Production checklist",
+        "Testing your app",
+        "Compatibility",
+    ]
+    assert [h for h in headings if h in wanted] == wanted
+
+
+def test_readme_quick_start_runs_and_ends_every_session(readme_env):
+    run_readme("Quick start")
+    assert len(readme_env.created) == 3 and readme_env.sessions == {}
+    assert [text for _, text in readme_env.spoken] == ["Welcome!"]
+
+
+def test_readme_notebook_shows_a_live_session_then_ends_it(readme_env):
+    section = readme_sections()["In a notebook"]
+    namespace: dict[str, Any] = {}
+    exec(compile(section[0], "README.md:notebook#0", "exec"), namespace)  # noqa: S102
+    live = namespace["s"]
+    assert list(readme_env.sessions) == [live.session_id]  # alive as the cell's value
+    shown = html.unescape(live._repr_html_())
+    assert live.token in shown and '"audio": true' in shown
+    exec(compile(section[1], "README.md:notebook#1", "exec"), namespace)  # noqa: S102
+    assert readme_env.sessions == {}
+
+
+def readme_flask_app() -> Any:
+    return run_readme("Flask and Django").app
+
+
+def test_readme_flask_snippet_is_safe_to_copy(readme_env, caplog):
+    app = readme_flask_app()
+    alice, mallory = app.test_client(), app.test_client()
+    first = alice.post("/avatar/session", json={}).get_json()
+    assert first["sessionToken"] == readme_env.sessions[first["session_id"]]["token"]
+    second = alice.post("/avatar/session", json={}).get_json()  # starting again...
+    assert list(readme_env.sessions) == [second["session_id"]]  # ...ended the first
+    sid = second["session_id"]
+    assert mallory.delete(f"/avatar/session/{sid}").status_code == 404
+    assert mallory.post(f"/avatar/session/{sid}/end").status_code == 404
+    cross = alice.post(
+        "/avatar/session", json={}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert cross.status_code == 403 and list(readme_env.sessions) == [sid]
+    assert alice.post(f"/avatar/session/{sid}/end").get_json() == {"ended": True}
+    assert readme_env.sessions == {}
+    # a failure reaches the visitor as a generic message, the detail the log
+    readme_env.script(
+        "create", Fault("raw", status=401, body=b'{"detail": "Invalid API key"}')
+    )
+    failed = alice.post("/avatar/session", json={})
+    assert failed.status_code == 502
+    assert failed.get_json() == {
+        "error": "The avatar is unavailable. Please try again."
+    }
+    assert "401 Unauthorized" in caplog.text and "Invalid API key" in caplog.text
+
+
+def test_readme_testing_example_runs_against_the_readme_app(readme_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "app", run_readme("Flask and Django"))
+    for name in ("AVATURN_BASE_URL", "OPENAI_BASE_URL"):  # a user's test has neither
+        monkeypatch.delenv(name)
+    module = run_readme("Testing your app")
+    tests = [v for k, v in vars(module).items() if k.startswith("test_")]
+    assert len(tests) == 1
+    tests[0]()
+    assert readme_env.attempts == Counter()  # responses answered everything
 
 
 # --------------------------------------------------------------------------- #
@@ -3584,6 +3676,45 @@ def test_browser_notebook_view_says_when_the_sdk_cannot_load(
     )
     assert "Could not load the Avaturn Web SDK" in status
     assert not [c for c in fake.sdk_calls if c["path"].startswith("/_sdk/")]
+
+
+def test_browser_readme_page_with_the_readme_flask_app(
+    browsers, readme_env, serve_wsgi
+):
+    """The README's browser snippet on the README's Flask backend, in Chromium."""
+    from selenium.webdriver.common.by import By
+
+    fake = readme_env
+    fake.sdk_file = SDK_FILE
+    snippet = re.search(
+        r"```html\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL
+    )[1]
+    assert av.WEB_SDK_URL in snippet  # the pinned SDK (served here by the fake)
+    page = '<!doctype html><meta charset="utf-8"><body>' + snippet.replace(
+        av.WEB_SDK_URL, fake.url + "/_test/sdk.js"
+    )
+    app = readme_flask_app()
+    app.add_url_rule("/", "page", lambda: page)
+    url = serve_wsgi(app)
+    alice = browsers()
+    alice.get(url + "/")
+    alice.find_element(By.ID, "start").click()
+    first = live_session(fake)
+    call = until(lambda: fake.sdk_calls and fake.sdk_calls[0], "the SDK's first call")
+    assert call["token"] == fake.sessions[first]["token"] and call["origin"] == url
+    alice.find_element(By.ID, "start").click()  # starting again ends the first
+    second = live_session(fake, {first})
+    until(lambda: first not in fake.sessions, "a new start to end the first")
+    alice.find_element(By.ID, "stop").click()
+    until(lambda: second not in fake.sessions, "Stop to end the session")
+    alice.find_element(By.ID, "start").click()
+    third = live_session(fake, {first, second})
+    page_tab = alice.current_window_handle
+    alice.switch_to.new_window("tab")
+    alice.switch_to.window(page_tab)
+    alice.close()  # the tab goes away: the beacon ends the session
+    until(lambda: third not in fake.sessions, "closing the tab to end the session")
+    assert fake.sessions == {}
 
 
 def test_browser_notebook_view_of_an_ended_session_says_so(
