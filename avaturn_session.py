@@ -2,9 +2,8 @@
 
 Mint the conversation engine's short-lived credential, create the session, hand
 its token to the browser's Web SDK, push text for the avatar to say, terminate.
-One module on ``requests``; no async, no framework.
 
-    import avaturn_session as av
+    import avaturn_session as av  # keys: AVATURN_API_KEY, OPENAI_API_KEY
 
     secret = av.mint_openai_client_secret({"model": "gpt-realtime"})
     engine = av.openai_realtime_engine(secret)
@@ -15,8 +14,6 @@ One module on ``requests``; no async, no framework.
 
     with av.session(av.text_echo_engine("voice_id")) as s:
         av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
-
-Keys come from AVATURN_API_KEY, OPENAI_API_KEY and CARTESIA_API_KEY.
 """
 
 from __future__ import annotations
@@ -177,25 +174,10 @@ _OPENAI_MAX_EXPIRES_IN = 7200
 _OPENAI_DEFAULT_SESSION: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime"}
 _CARTESIA_MAX_EXPIRES_IN = 3600
 
-# The minting providers: the key's name in messages, its environment variable,
-# the base URL's variable and default, the path, and the answer's field.
+# Minting providers: (the key's variable, the base URL's variable and default).
 _MINTERS = {
-    "openai": (
-        "an OpenAI API key",
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "https://api.openai.com/v1",
-        "/realtime/client_secrets",
-        "value",
-    ),
-    "cartesia": (
-        "a Cartesia API key",
-        "CARTESIA_API_KEY",
-        "CARTESIA_BASE_URL",
-        "https://api.cartesia.ai",
-        "/access-token",
-        "token",
-    ),
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "cartesia": ("CARTESIA_API_KEY", "CARTESIA_BASE_URL", "https://api.cartesia.ai"),
 }
 # Headers sent when minting: Cartesia's API version; OpenAI's organization and
 # project, when their variables (read by the openai SDK too) are set.
@@ -449,15 +431,12 @@ class AvaturnSession:
         width: str = "100%",
         height: str = "480px",
     ) -> str:
-        """A complete HTML page that shows this session's avatar with the Web SDK.
+        """A complete HTML page showing this session's avatar with the Web SDK.
 
-        For a notebook (see ``_repr_html_``) or a quick Flask/Django response.
-        ``sdk_url`` defaults to ``AVATURN_SDK_URL``, then the pinned
-        ``WEB_SDK_URL``. ``audio=True`` sends the visitor's microphone; ``width``
-        and ``height`` are CSS lengths of the avatar. Token and host go in as
-        escaped JSON, so no id or token can break out of the script. The page
-        shows a message when the SDK cannot load or connect, and disposes the
-        avatar when it goes away; ending the session stays the backend's job.
+        ``sdk_url`` defaults to ``AVATURN_SDK_URL``, then ``WEB_SDK_URL``;
+        ``audio=True`` sends the visitor's microphone; ``width`` and ``height``
+        are CSS lengths. The page says when the SDK cannot load or connect or
+        the session has ended; ending the session stays the backend's job.
         """
         sdk_url = sdk_url or os.environ.get("AVATURN_SDK_URL") or WEB_SDK_URL
         if _split_url(sdk_url, "sdk_url").scheme not in ("https", "http"):
@@ -490,20 +469,14 @@ _CSS_LENGTH = re.compile(r"\d{1,5}(\.\d{1,3})?(px|%|em|rem|vh|vw)")
 
 # The page of ``AvaturnSession.web_sdk_html``; ``config`` is escaped JSON.
 _WEB_SDK_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><title>Avaturn avatar</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Avaturn avatar</title>
 <style>
   html, body {{ margin: 0; font: 14px system-ui, sans-serif; }}
   #avatar {{ width: {width}; height: {height}; background: #111; }}
-  #status {{ margin: 6px 0; color: #555; }}
-  #status.error {{ color: #b00020; }}
-</style>
-</head>
-<body>
-<div id="avatar"></div>
+  #status {{ margin: 6px 0; color: #555; }} .error {{ color: #b00020; }}
+</style></head>
+<body><div id="avatar"></div>
 <p id="status" role="status">Loading the Avaturn Web SDK...</p>
 <script type="module">
   const config = {config};
@@ -516,9 +489,7 @@ _WEB_SDK_PAGE = """<!doctype html>
   try {{
     const {{ AvaturnHead }} = await import(config.sdkUrl);
     head = new AvaturnHead(document.getElementById("avatar"), {{
-      sessionToken: config.sessionToken,
-      apiHost: config.apiHost,
-      audioSource: config.audio,
+      sessionToken: config.sessionToken, apiHost: config.apiHost, audioSource: config.audio,
     }});
     show("Connecting to the avatar...");
     await head.init();
@@ -532,18 +503,12 @@ _WEB_SDK_PAGE = """<!doctype html>
       : "Could not connect to the avatar: " + reason, true);
   }}
   window.addEventListener("pagehide", () => head && head.dispose());
-</script>
-</body>
-</html>
+</script></body></html>
 """
 
 
 class _CreateOptions(TypedDict, total=False):
-    """The create-session options after ``engine``: their one typed home.
-
-    ``AvaturnClient.create_session`` spells them out; every function that
-    forwards them takes ``**options: Unpack[_CreateOptions]``.
-    """
+    """``create_session``'s options, for the functions that forward them."""
 
     avatar_id: str | None
     background: str | None
@@ -613,26 +578,17 @@ def mint_openai_client_secret(
 ) -> str:
     """Mint a short-lived OpenAI Realtime client secret (``ek_...``) for one session.
 
-    ``session`` is the Realtime session config (model, instructions, voice under
-    ``audio.output.voice``, tools, ...); default ``{"type": "realtime", "model":
-    "gpt-realtime"}``; ``"type": "realtime"`` is added when missing (on a copy).
-    ``expires_in`` is the lifetime in seconds, 10..7200. The key comes from
-    ``api_key`` or ``OPENAI_API_KEY``, the host from ``OPENAI_BASE_URL``
-    (default ``https://api.openai.com/v1``); ``OPENAI_ORG_ID`` and
-    ``OPENAI_PROJECT_ID`` are sent when set. One POST to
-    ``/realtime/client_secrets`` over this module's transport (pooled, no
-    openai import), ``timeout`` and ``deadline`` as in ``AvaturnClient``, never
-    retried once it may have reached OpenAI. ``openai_client``, a configured
-    ``openai.OpenAI``, is used instead when given (its own transport; our
-    ``timeout`` caps its per-request timeout, with no SDK retries). Raises
-    ``ConfigurationError`` for bad input or a missing key, and
-    ``CredentialError`` (``provider="openai"``) when minting fails.
+    ``session``: the Realtime session config (model, instructions, voice, tools;
+    default model ``gpt-realtime``). ``expires_in``: seconds, 10..7200. Key from
+    ``api_key`` or ``OPENAI_API_KEY``; host from ``OPENAI_BASE_URL``. One POST
+    over this module's pooled transport, ``timeout`` and ``deadline`` as in
+    ``AvaturnClient``, one attempt. An ``openai_client`` given is used instead,
+    with no retries and our timeout. Raises ``ConfigurationError`` (bad input,
+    no key) or ``CredentialError`` (``provider="openai"``).
     """
     _check_int(expires_in, "expires_in", _OPENAI_MIN_EXPIRES_IN, _OPENAI_MAX_EXPIRES_IN)
     if session is not None and not isinstance(session, Mapping):
-        raise ConfigurationError(
-            "session must be a mapping (the Realtime session config)"
-        )
+        raise ConfigurationError("session must be a mapping")
     body = {
         "expires_after": {"anchor": "created_at", "seconds": expires_in},
         "session": {
@@ -647,7 +603,7 @@ def mint_openai_client_secret(
         )
         return _mint_with_sdk(openai_client, _Payload(body), seconds)
     minter = _minter("openai", api_key, None, timeout, deadline)
-    return _mint("openai", minter, _Payload(body))
+    return _mint("openai", minter, "/realtime/client_secrets", body)
 
 
 def mint_cartesia_access_token(
@@ -660,17 +616,15 @@ def mint_cartesia_access_token(
 ) -> str:
     """Mint a short-lived Cartesia access token with the agent grant.
 
-    The key comes from ``api_key`` or ``CARTESIA_API_KEY``; ``base_url`` from the
-    argument, ``CARTESIA_BASE_URL`` or ``https://api.cartesia.ai``. ``expires_in``
-    is in seconds, 1..3600. One POST over this module's pooled transport,
-    never retried once it may have reached Cartesia; ``timeout`` and
-    ``deadline`` as in ``AvaturnClient``. Raises ``ConfigurationError`` for bad
-    input and ``CredentialError`` (``provider="cartesia"``) when minting fails.
+    Key from ``api_key`` or ``CARTESIA_API_KEY``; host from ``base_url`` or
+    ``CARTESIA_BASE_URL``. ``expires_in``: seconds, 1..3600. One attempt, as
+    ``mint_openai_client_secret``; raises ``ConfigurationError`` or
+    ``CredentialError`` (``provider="cartesia"``).
     """
     _check_int(expires_in, "expires_in", 1, _CARTESIA_MAX_EXPIRES_IN)
     minter = _minter("cartesia", api_key, base_url, timeout, deadline)
     body = {"grants": {"agent": True}, "expires_in": expires_in}
-    return _mint("cartesia", minter, _Payload(body))
+    return _mint("cartesia", minter, "/access-token", body)
 
 
 def _minter(
@@ -682,12 +636,12 @@ def _minter(
 ) -> _Transport:
     """A transport to a minting provider, on the session every mint shares;
     never retried (a mint that may have reached the provider is not replayed)."""
-    what, key_variable, url_variable, default_url, _, _ = _MINTERS[provider]
+    key_variable, url_variable, default_url = _MINTERS[provider]
     headers = {"Cartesia-Version": _CARTESIA_VERSION}
     if provider == "openai":
         headers = {h: os.environ[v] for h, v in _OPENAI_HEADERS if os.environ.get(v)}
     return _Transport(
-        _auth(api_key, key_variable, what),
+        _auth(api_key, key_variable),
         base_url or os.environ.get(url_variable) or default_url,
         timeout=timeout,
         deadline=deadline,
@@ -697,11 +651,11 @@ def _minter(
     )
 
 
-def _mint(provider: str, minter: _Transport, payload: _Payload) -> str:
+def _mint(provider: str, minter: _Transport, path: str, body: dict[str, Any]) -> str:
     """POST a minting request; the credential in its answer, else CredentialError."""
-    *_, path, field = _MINTERS[provider]
+    field = "value" if provider == "openai" else "token"
     try:
-        return minter.call("POST", path, payload).string(field)
+        return minter.call("POST", path, _Payload(body)).string(field)
     except AvaturnError as exc:
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(
@@ -737,18 +691,12 @@ def _mint_with_sdk(client: Any, payload: _Payload, timeout: float) -> str:
 class AvaturnClient:
     """A thread-safe, fork-safe client for the Avaturn.Live session API.
 
-    ``api_key`` defaults to ``AVATURN_API_KEY``; ``base_url`` to
-    ``AVATURN_BASE_URL``, then ``DEFAULT_BASE_URL`` (``https://`` only, but
-    ``http://`` is allowed for loopback hosts, which never go through a proxy).
-    ``timeout`` is in seconds, a float or a ``(connect, read)`` pair, never
-    ``None``; ``deadline`` bounds each public call in total (seconds, name
-    resolution, every attempt and wait included). ``max_retries`` extra
-    attempts are made only where repeating cannot double-bill (see
-    ``_should_retry``). ``http_session`` is a ``requests.Session`` to send
-    through: never modified, never closed, not replaced after ``os.fork()``
-    (make one per process), and its own adapters bound only each read, not
-    the whole answer, by the deadline. ``http`` is its old name, kept for
-    0.3. Share one instance across all threads of a web app.
+    ``api_key``, ``base_url``: default ``AVATURN_API_KEY``, ``AVATURN_BASE_URL``
+    or ``DEFAULT_BASE_URL`` (``http://`` for loopback hosts only). ``timeout``:
+    seconds, or a ``(connect, read)`` pair; ``deadline``: seconds for a whole
+    call, every attempt and wait included; ``max_retries``: extra attempts,
+    only where repeating cannot double-bill. ``http_session`` (``http`` in 0.2):
+    a ``requests.Session`` to send through, never closed; make one per process.
     """
 
     def __init__(
@@ -762,21 +710,16 @@ class AvaturnClient:
         deadline: float = DEFAULT_DEADLINE,
         http: requests.Session | None = None,
     ) -> None:
-        if http is not None:
+        if http is not None:  # the old name shadowed the stdlib module
             import warnings
 
+            message = "AvaturnClient(http=...) is deprecated: use http_session="
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
             if http_session is not None:
-                raise ConfigurationError(
-                    "pass http_session only (http is its old name)"
-                )
-            warnings.warn(
-                "AvaturnClient(http=...) is deprecated: use http_session=",
-                DeprecationWarning,
-                stacklevel=2,
-            )
+                raise ConfigurationError("pass http_session only")
             http_session = http
         self._transport = _Transport(
-            _auth(api_key, "AVATURN_API_KEY", "an Avaturn API key"),
+            _auth(api_key, "AVATURN_API_KEY"),
             base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL,
             timeout=timeout,
             deadline=deadline,
@@ -801,12 +744,8 @@ class AvaturnClient:
         self._transport.close()
 
     def warm(self) -> bool:
-        """Open this client's keep-alive connection now, sending no request.
-
-        For a worker that has just started (see ``warm()``): the first session
-        start then skips the TCP and TLS handshakes. Never raises for the
-        network: a failure is logged as a WARNING and returns False.
-        """
+        """Open this client's keep-alive connection now, sending nothing (see
+        ``warm()``); False, logged as a WARNING, when it cannot."""
         return self._transport.warm()
 
     def create_session(
@@ -822,14 +761,11 @@ class AvaturnClient:
     ) -> AvaturnSession:
         """Create a session; returns its id, the browser token and the API host.
 
-        Only the options that were set are sent, so the server's defaults apply.
-        ``engine`` is any engine mapping (see the ``*_engine`` helpers);
-        ``user_absent_timeout`` (>= 10) and ``max_duration`` (60..86400) are in
-        seconds; ``extra`` holds further top-level fields sent as they are.
-        Raises ``ConfigurationError`` before sending anything for bad input. Never
-        retried once the request may have reached the server (a second create
-        would start a second billed session). An answer that names a session
-        but cannot be used gets that session ended before the error is raised.
+        ``engine``: any engine mapping; ``user_absent_timeout`` (>= 10) and
+        ``max_duration`` (60..86400): seconds; ``extra``: more top-level fields.
+        Only what was set is sent. Bad input raises ``ConfigurationError`` before
+        anything is sent; never retried once it may have reached the server. A
+        session named in an unusable answer is ended before the error is raised.
         """
         options: _CreateOptions = {
             "avatar_id": avatar_id,
@@ -866,11 +802,8 @@ class AvaturnClient:
         )
 
     def say(self, session_id: str, text: str) -> str:
-        """Queue ``text`` for the avatar to speak (text-echo sessions); returns the task id.
-
-        Never retried once the request may have reached the server: a second
-        attempt could make the avatar say it twice.
-        """
+        """Queue ``text`` for the avatar to speak (text-echo); returns the task id.
+        Never retried once it may have reached the server (it would say it twice)."""
         path = _session_path(session_id) + "/tasks"
         _check_text(text, "text")
         if not text.strip():
@@ -880,12 +813,10 @@ class AvaturnClient:
         )
 
     def terminate_session(self, session_id: str) -> bool:
-        """End a session; ``True`` if this call ended it, ``False`` if it was already gone.
+        """End a session; ``True`` if this call ended it, ``False`` if it was gone.
 
-        Safe to call twice and from cleanup code: a 404 or 410 means gone. DELETE
-        is idempotent, so timeouts, resets and 500/502/503/504 are retried; a
-        404 after an attempt that may have reached the server counts as ended
-        by this call (that attempt most likely did the work).
+        Safe twice and in cleanup code. Timeouts, resets and 500/502/503/504 are
+        retried; a 404 after an attempt that may have arrived counts as ended.
         """
         answer = self._transport.call("DELETE", _session_path(session_id), gone_ok=True)
         return answer.status not in _GONE or answer.acted_before
@@ -896,12 +827,10 @@ class AvaturnClient:
         engine: Mapping[str, Any] | None = None,
         **options: Unpack[_CreateOptions],
     ) -> Iterator[AvaturnSession]:
-        """Create a session for a ``with`` block and terminate it on leaving, whatever happens.
+        """Create a session for a ``with`` block; end it on leaving, whatever happens.
 
-        Takes ``create_session``'s parameters. If terminating fails while the
-        block's own exception propagates, a WARNING is logged and the block's
-        exception wins; if the block succeeded, the terminate error is raised
-        (a silently leaked session costs money).
+        Takes ``create_session``'s parameters. If ending fails while the block's
+        own exception propagates, that one wins and a WARNING is logged.
         """
         created = self.create_session(engine, **options)
         try:
@@ -961,18 +890,16 @@ def session(
 
 
 def warm() -> list[str]:
-    """Open the connections a first session start needs, once per worker after fork.
+    """Open the connections a first session start needs: once per worker, after fork.
 
-    Opens the keep-alive connections of the shared Avaturn client and of each
-    minting provider whose key is set (OpenAI, Cartesia), in parallel; sends no
-    request, so nothing is created, minted or billed. Returns the base URLs it
-    could not reach (each logged as a WARNING), ``[]`` when all are open; never
-    raises for the network, but raises ``ConfigurationError`` for bad settings,
-    as any call would. Safe to call twice and in a forked child. A connection
-    left idle past ``KEEPALIVE_EXPIRY`` is opened again by the next call.
+    The shared client's, and each minting provider's whose key is set, in
+    parallel; nothing is sent, so nothing is billed. Returns the base URLs it
+    could not reach (logged as WARNINGs); raises only ``ConfigurationError``.
+    Safe twice and in a forked child. Idle past ``KEEPALIVE_EXPIRY``, a
+    connection is opened again by the next call.
     """
     transports = [_client()._transport]
-    for provider, (_, key_variable, *_) in _MINTERS.items():
+    for provider, (key_variable, *_) in _MINTERS.items():
         if os.environ.get(key_variable):
             transports.append(_minter(provider))
     cold: list[str] = []
@@ -990,12 +917,8 @@ def warm() -> list[str]:
 
 
 def close_shared_clients() -> None:
-    """Release the connections of every client the module shares, e.g. at app shutdown.
-
-    That is the client behind the module-level functions and the pooled
-    session both minting functions send through; they open new connections
-    on next use. Call it when no other thread is using them.
-    """
+    """Release the connections the module shares (the module-level functions'
+    client, the minting session), e.g. at shutdown; reopened on next use."""
     global _default_client
     with _lock:
         client, _default_client = _default_client, None
@@ -1070,7 +993,8 @@ class _Payload:
                 found.append(value)
             elif isinstance(value, Mapping):
                 for key, item in value.items():
-                    stack.append((item, secret or str(key).lower() in _SECRET_KEYS))
+                    hidden = secret or bool(_SECRET_KEY.fullmatch(str(key)))
+                    stack.append((item, hidden))
             elif isinstance(value, (list, tuple)):
                 for item in value:
                     stack.append((item, secret))
@@ -1124,15 +1048,12 @@ class _Result:
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object of this 2xx answer, else APIResponseError."""
-        fields: object = None
-        if self.problem is None:
-            try:
-                fields = json.loads(self.body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                fields = None
+        try:  # a UnicodeDecodeError is a ValueError too
+            fields = None if self.problem else json.loads(self.body.decode())
+        except (ValueError, RecursionError):
+            fields = None
         if not isinstance(fields, dict):
-            why = self.problem or "not a JSON object"
-            raise self._unusable(why)
+            raise self._unusable(self.problem or "not a JSON object")
         return fields
 
     def string(self, name: str) -> str:
@@ -1169,12 +1090,8 @@ _call = _CallState()
 
 
 class _Transport:
-    """Sends requests to one host with the retry rules, the deadline and the caps.
-
-    Shared by ``AvaturnClient`` and minting. ``http_session=None`` means a
-    pooled session of its own, closed by ``close()`` and replaced in a forked
-    child.
-    """
+    """Requests to one host, with the retry rules, the deadline and the caps; a
+    pooled session of its own unless given one (closed by ``close()``)."""
 
     def __init__(
         self,
@@ -1238,16 +1155,14 @@ class _Transport:
             started = _now()
             result = self._send(method, path, payload, expires_at)
             if _log.isEnabledFor(logging.DEBUG):
-                elapsed = (_now() - started) * 1000
-                what = result.label()
-                _log.debug(
-                    "%s %s -> %s in %.1f ms (attempt %d)",
+                took = (
                     method,
                     path,
-                    what,
-                    elapsed,
+                    result.label(),
+                    (_now() - started) * 1000,
                     attempt,
                 )
+                _log.debug("%s %s -> %s in %.1f ms (attempt %d)", *took)
             if 200 <= result.status < 300 or (gone_ok and result.status in _GONE):
                 result.acted_before = acted
                 return result
@@ -1265,15 +1180,8 @@ class _Transport:
                 acted = acted or result.sent
             else:
                 acted = acted or (result.status >= 500 and result.status != 503)
-            _log.warning(
-                "retrying %s %s in %.2f s (retry %d of %d): %s",
-                method,
-                path,
-                delay,
-                attempt,
-                self.max_retries,
-                result.label(),
-            )
+            why = (method, path, delay, attempt, self.max_retries, result.label())
+            _log.warning("retrying %s %s in %.2f s (retry %d of %d): %s", *why)
             _sleep(delay)
 
     def _send(
@@ -1352,14 +1260,11 @@ class _Transport:
         _call.expires_at = _now() + connect
         try:
             proxies = dict(_NO_PROXIES) if self.bypass_proxies else None
-            settings = self.http.merge_environment_settings(
-                url, proxies, False, None, None
-            )
+            # the pool a request would use: the same proxies, verify and cert
+            env = self.http.merge_environment_settings(url, proxies, None, None, None)
+            request = requests.Request("GET", url).prepare()
             pool = adapter.get_connection_with_tls_context(
-                requests.Request("GET", url).prepare(),
-                settings["verify"],
-                settings["proxies"],
-                settings["cert"],
+                request, env["verify"], env["proxies"], env["cert"]
             )
             conn = pool._get_conn()  # type: ignore[attr-defined]
             try:
@@ -1699,19 +1604,11 @@ def _retry_delay(retries_done: int, retry_after: float | None) -> float:
     return backoff if retry_after is None else max(retry_after, backoff)
 
 
-def _random() -> float:
-    """Uniform in [0, 1) for the jitter; patched in tests."""
-    return random.random()
-
-
-def _sleep(seconds: float) -> None:
-    """Every wait of this module goes through here, so tests can patch it."""
-    time.sleep(seconds)
-
-
-def _now() -> float:
-    """The monotonic clock every deadline is measured on; patched in tests."""
-    return time.monotonic()
+# The clock every deadline is measured on, the one way this module waits, and
+# the jitter's randomness: module attributes, so that tests can patch them.
+_now = time.monotonic
+_sleep = time.sleep
+_random = random.random
 
 
 def _parse_retry_after(value: str, now: float | None = None) -> float | None:
@@ -1850,12 +1747,14 @@ def _check_int(value: object, name: str, low: int, high: int | None) -> int:
     return value
 
 
-def _auth(given: str | None, variable: str, what: str) -> _BearerAuth:
+def _auth(given: str | None, variable: str) -> _BearerAuth:
     """The API key from the argument or the environment, checked, and wrapped at
     once: no frame of ours holds an environment key in a plain local."""
     auth = _BearerAuth(given if given is not None else os.environ.get(variable, ""))
     if not auth.key:
-        raise ConfigurationError(f"{what} is needed: pass api_key or set {variable}")
+        raise ConfigurationError(
+            f"an API key is needed: pass api_key or set {variable}"
+        )
     if not isinstance(auth.key, str):
         raise ConfigurationError("the API key must be a non-empty string")
     if not _KEY_CHARS.fullmatch(auth.key):
@@ -1956,20 +1855,10 @@ _REDACTED = "***"
 _MIN_SECRET_CHARS = 4
 
 # Keys whose values are credentials wherever they appear in a JSON document.
-_SECRET_KEYS = frozenset(
-    [
-        "client_secret",
-        "access_token",
-        "api_key",
-        "apikey",
-        "token",
-        "session_token",
-        "sessiontoken",
-        "secret",
-        "password",
-        "authorization",
-        "headers",
-    ]
+_SECRET_KEY = re.compile(
+    r"client_secret|access_token|api_?key|(session_?)?token|secret|password|"
+    r"authorization|headers",
+    re.IGNORECASE,
 )
 # C0 and C1 control characters: a server's ESC or BEL never reaches a terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -2022,7 +1911,7 @@ def _redact_json(
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            secret = hidden or key.lower() in _SECRET_KEYS
+            secret = hidden or bool(_SECRET_KEY.fullmatch(key))
             name = _redact(key, secrets, limit=MAX_ERROR_BODY_BYTES)
             out[name] = _redact_json(item, secrets, secret, depth + 1)
         return out
@@ -2058,14 +1947,8 @@ examples:
 _CLI_CREATE = (
     ("--engine", {"metavar": "JSON", "help": "any engine config as JSON"}),
     ("--openai", {"action": "store_true", "help": "mint an OpenAI client secret"}),
-    (
-        "--cartesia-agent",
-        {"metavar": "ID", "help": "mint a Cartesia token for this agent"},
-    ),
-    (
-        "--text-echo-voice",
-        {"metavar": "ID", "help": "legacy text-echo, ElevenLabs voice"},
-    ),
+    ("--cartesia-agent", {"metavar": "ID", "help": "mint a Cartesia token for it"}),
+    ("--text-echo-voice", {"metavar": "ID", "help": "text-echo, ElevenLabs voice"}),
     ("--model", {"help": "with --openai: Realtime model (default gpt-realtime)"}),
     ("--voice", {"help": "with --openai: voice, e.g. marin or cedar"}),
     ("--instructions", {"metavar": "TEXT", "help": "with --openai: instructions"}),
@@ -2158,22 +2041,15 @@ def _cli_create(
         try:
             engine = json.loads(args.engine)
         except ValueError:
-            engine = _MINTED
-        if engine is _MINTED:
-            raise ConfigurationError("--engine is not valid JSON")
+            raise ConfigurationError("--engine is not valid JSON") from None
     elif args.openai:
         engine = openai_realtime_engine(_MINTED)
     elif args.cartesia_agent is not None:
         engine = cartesia_engine(_MINTED, args.cartesia_agent)
     elif args.text_echo_voice is not None:
         engine = text_echo_engine(args.text_echo_voice)
-    options: _CreateOptions = {
-        "avatar_id": args.avatar_id,
-        "background": args.background,
-        "render_model": args.render_model,
-        "user_absent_timeout": args.user_absent_timeout,
-        "max_duration": args.max_duration,
-    }
+    names = [name for name in _CreateOptions.__annotations__ if name != "extra"]
+    options = cast(_CreateOptions, {name: getattr(args, name) for name in names})
     # Validate every option before any credential is minted or request is sent.
     body = _build_create_body(engine, options)
     _Payload(body)
