@@ -363,14 +363,8 @@ def _render_detail(detail: Any) -> str:
             parts.append(f"{where}: {msg}" if where else msg)
         text = "; ".join(parts)
     else:
-        try:
-            text = json.dumps(detail, default=str)
-        except (ValueError, RecursionError):
-            text = ""
-    text = " ".join(_CONTROL.sub(" ", text[:MAX_ERROR_BODY_BYTES]).split())
-    if len(text) > _MAX_DETAIL_CHARS:
-        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
-    return text
+        text = json.dumps(detail, default=str)
+    return _redact(text, ())  # one clean, bounded line (secrets went earlier)
 
 
 # --------------------------------------------------------------------------- #
@@ -640,14 +634,9 @@ def _minter(
     headers = {"Cartesia-Version": _CARTESIA_VERSION}
     if provider == "openai":
         headers = {h: os.environ[v] for h, v in _OPENAI_HEADERS if os.environ.get(v)}
+    auth, url = _auth(api_key, key_variable), base_url or os.environ.get(url_variable)
     return _Transport(
-        _auth(api_key, key_variable),
-        base_url or os.environ.get(url_variable) or default_url,
-        timeout=timeout,
-        deadline=deadline,
-        max_retries=0,
-        http_session=_minting_session,
-        headers=headers,
+        auth, url or default_url, timeout, deadline, 0, _minting_session, headers
     )
 
 
@@ -718,13 +707,10 @@ class AvaturnClient:
             if http_session is not None:
                 raise ConfigurationError("pass http_session only")
             http_session = http
+        auth = _auth(api_key, "AVATURN_API_KEY")
+        url = base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL
         self._transport = _Transport(
-            _auth(api_key, "AVATURN_API_KEY"),
-            base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL,
-            timeout=timeout,
-            deadline=deadline,
-            max_retries=max_retries,
-            http_session=http_session,
+            auth, url, timeout, deadline, max_retries, http_session
         )
         self.base_url = self._transport.base_url
         # The environment a shared client was built from (see ``_client``).
@@ -786,20 +772,13 @@ class AvaturnClient:
         missing = (
             "token" if isinstance(session_id, str) and session_id else "session_id"
         )
+        error = answer.unusable(f"has no {missing!r} string")
         # An answer that names a session in any form: end it rather than leak it.
-        named = ""
-        if isinstance(session_id, (str, int)) and not isinstance(session_id, bool):
-            named = str(session_id)
-        left_running = None
-        if named and not self._terminate_quietly(named, "unusable answer"):
-            left_running = named
-        raise APIResponseError(
-            f"{answer.status} response to POST {_PATH_SESSIONS} has no {missing!r} string",
-            status_code=answer.status,
-            method="POST",
-            path=_PATH_SESSIONS,
-            session_id=left_running,
-        )
+        named = str(session_id) if isinstance(session_id, (str, int)) else ""
+        unnamed = not named or isinstance(session_id, bool)
+        if not unnamed and not self._terminate_quietly(named, "unusable answer"):
+            error.session_id = named  # it may still be running
+        raise error
 
     def say(self, session_id: str, text: str) -> str:
         """Queue ``text`` for the avatar to speak (text-echo); returns the task id.
@@ -1020,16 +999,12 @@ class _Result:
         sent: bool = True,
         timed_out: bool = False,
     ) -> None:
-        self.method = method
-        self.path = path
-        self.status = status
+        self.method, self.path, self.status = method, path, status
         self.headers: Mapping[str, str] = {} if headers is None else headers
         self.body = b""
         # Why a 2xx body cannot be used (too large, compressed), if it cannot.
         self.problem: str | None = None
-        self.failure = failure
-        self.sent = sent
-        self.timed_out = timed_out
+        self.failure, self.sent, self.timed_out = failure, sent, timed_out
         # Set by the loop: an earlier attempt may have reached the server and acted.
         self.acted_before = False
 
@@ -1053,17 +1028,18 @@ class _Result:
         except (ValueError, RecursionError):
             fields = None
         if not isinstance(fields, dict):
-            raise self._unusable(self.problem or "not a JSON object")
+            raise self.unusable(self.problem or "not a JSON object")
         return fields
 
     def string(self, name: str) -> str:
         """A non-empty string field of this 2xx JSON answer, else APIResponseError."""
         value = self.json_object().get(name)
         if not isinstance(value, str) or not value:
-            raise self._unusable(f"has no {name!r} string")
+            raise self.unusable(f"has no {name!r} string")
         return value
 
-    def _unusable(self, why: str) -> APIResponseError:
+    def unusable(self, why: str) -> APIResponseError:
+        """The error for this answer, unusable because of ``why``."""
         return APIResponseError(
             f"{self.status} response to {self.method} {self.path}: {why}",
             status_code=self.status,
@@ -1097,7 +1073,6 @@ class _Transport:
         self,
         auth: _BearerAuth,
         base_url: object,
-        *,
         timeout: object = DEFAULT_TIMEOUT,
         deadline: object = DEFAULT_DEADLINE,
         max_retries: object = 0,
@@ -1231,17 +1206,10 @@ class _Transport:
             return _Result(
                 method, path, failure="deadline exceeded", sent=exc.sent, timed_out=True
             )
-        except _TRANSPORT_ERRORS as exc:
-            reason = _redact(
-                f"{type(exc).__name__}: {exc}", (), limit=MAX_ERROR_BODY_BYTES
-            )
-            return _Result(
-                method,
-                path,
-                failure=reason,
-                sent=not _never_sent(exc),
-                timed_out=isinstance(exc, _TIMEOUTS),
-            )
+        except _TRANSPORT_ERRORS as exc:  # the reason is redacted in _error
+            reason = f"{type(exc).__name__}: {exc}"
+            sent, timed_out = not _never_sent(exc), isinstance(exc, _TIMEOUTS)
+            return _Result(method, path, failure=reason, sent=sent, timed_out=timed_out)
         finally:
             _call.expires_at = math.inf
             if response is not None:
@@ -1327,12 +1295,12 @@ def _error(
         body = _redact_json(json.loads(text), secrets)
     except (ValueError, RecursionError):
         body = _redact(_TAGS.sub(" ", text), secrets) or None
-    detail = body
-    if isinstance(body, dict):
-        for key in ("detail", "message", "error"):
-            if key in body:
-                detail = body[key]
-                break
+    keys = [
+        k
+        for k in ("detail", "message", "error")
+        if isinstance(body, dict) and k in body
+    ]
+    detail = body[keys[0]] if keys else body
     request_id = result.headers.get("x-request-id")
     if request_id is not None:
         request_id = _redact(request_id, secrets, limit=100) or None
@@ -1695,15 +1663,11 @@ def _check_engine(engine: Mapping[str, Any]) -> dict[str, Any]:
         tts = engine.get("tts")
         voice = tts.get("voice_id") if isinstance(tts, Mapping) else None
         if not isinstance(voice, str) or not voice:
-            raise ConfigurationError(
-                "text-echo engine needs tts.voice_id, a non-empty string"
-            )
+            raise ConfigurationError("text-echo engine needs a non-empty tts.voice_id")
     if kind == "external":
         parts = _split_url(engine["url"], "external engine url")
         if parts.scheme not in ("ws", "wss") or not parts.netloc:
-            raise ConfigurationError(
-                "external engine url must be a ws:// or wss:// URL"
-            )
+            raise ConfigurationError("external engine url must be ws:// or wss://")
         if engine.get("headers") is not None:
             _check_headers(engine["headers"])
         audio = engine.get("audio")
@@ -1721,10 +1685,7 @@ def _check_headers(headers: object) -> None:
     for name, value in headers.items():
         text = isinstance(name, str) and isinstance(value, str) and name
         if not text or _CONTROL.search(name + value):
-            raise ConfigurationError(
-                "external engine headers must map names to values: strings "
-                "without control characters"
-            )
+            raise ConfigurationError("external engine headers must be plain strings")
 
 
 def _check_text(value: object, name: str) -> str:
@@ -1752,15 +1713,11 @@ def _auth(given: str | None, variable: str) -> _BearerAuth:
     once: no frame of ours holds an environment key in a plain local."""
     auth = _BearerAuth(given if given is not None else os.environ.get(variable, ""))
     if not auth.key:
-        raise ConfigurationError(
-            f"an API key is needed: pass api_key or set {variable}"
-        )
+        raise ConfigurationError(f"no API key: pass api_key or set {variable}")
     if not isinstance(auth.key, str):
         raise ConfigurationError("the API key must be a non-empty string")
     if not _KEY_CHARS.fullmatch(auth.key):
-        raise ConfigurationError(
-            "the API key contains whitespace, control or non-ASCII characters"
-        )
+        raise ConfigurationError("the API key has whitespace or odd characters")
     return auth
 
 
@@ -1789,12 +1746,8 @@ def _check_base_url(url: object) -> str:
     if parts.query or parts.fragment:
         raise ConfigurationError("base_url must not have a query or fragment")
     if parts.scheme == "http" and not _is_loopback(host):
-        raise ConfigurationError(
-            "base_url must use https:// (http:// only for loopback hosts)"
-        )
-    root = urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc, parts.path, "", "")
-    ).rstrip("/")
+        raise ConfigurationError("base_url must be https (http: loopback only)")
+    root = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
     try:  # what requests itself would refuse at send time (bad IDNA host, ...)
         requests.PreparedRequest().prepare_url(root + _PATH_SESSIONS, None)
     except (requests.RequestException, ValueError):
@@ -1824,14 +1777,12 @@ def _check_timeout(timeout: object) -> tuple[float, float]:
 
 def _check_seconds(value: object, name: str) -> float:
     """Positive seconds, at most a day (NaN, bools and strings refused)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 < value <= _MAX_SECONDS
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = math.nan  # refused below, as NaN is
+    if not 0 < value <= _MAX_SECONDS:
+        pair = ", or a (connect, read) pair" if name == "timeout" else ""
         raise ConfigurationError(
-            f"{name} must be positive seconds, at most {_MAX_SECONDS:.0f}"
-            + (", or a (connect, read) pair of them" if name == "timeout" else "")
+            f"{name} must be positive seconds (a day at most){pair}"
         )
     return float(value)
 
