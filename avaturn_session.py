@@ -107,17 +107,15 @@ __version__ = "0.3.0"
 #: Production Avaturn.Live API; also the Web SDK's default ``apiHost``.
 DEFAULT_BASE_URL = "https://api.avaturn.live"
 
-#: The browser Web SDK, pinned: the one place its version is set. Its
-#: ``dist/main.js`` is a self-contained ES module; serve your own copy by
-#: passing ``sdk_url=`` (or ``AVATURN_SDK_URL`` in the examples).
+#: The browser Web SDK, pinned: the one place its version is set (a
+#: self-contained ES module; ``sdk_url=`` or ``AVATURN_SDK_URL`` serve another).
 WEB_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/main.js"
 
 #: Seconds to wait for a connection, then for each read of the response.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 
-#: Total seconds one public call may take: name resolution, every attempt,
-#: every wait between attempts, the response headers and the body. Nothing is
-#: sent once it has passed, and a slow server never holds a worker longer.
+#: Total seconds one public call may take, name resolution, every attempt and
+#: wait, headers and body included; nothing is sent once it has passed.
 DEFAULT_DEADLINE = 60.0
 
 #: Extra attempts after the first, for the failures that are safe to repeat.
@@ -129,22 +127,18 @@ INITIAL_RETRY_DELAY = 0.5
 #: Upper bound of the exponential backoff, in seconds.
 MAX_RETRY_DELAY = 8.0
 
-#: A ``Retry-After`` longer than this (seconds) is not waited for: the error is
-#: raised at once, so a web request is never blocked for minutes.
+#: A longer ``Retry-After`` (seconds) is not waited for: the error is raised.
 MAX_RETRY_AFTER = 60.0
 
-#: Connections kept per host: one shared client serves this many threads at
-#: once without urllib3 discarding connections (requests' own default is 10).
+#: Connections kept per host, for as many threads at once (requests keeps 10).
 DEFAULT_POOL_MAXSIZE = 32
 
-#: Seconds a pooled connection may sit idle and still be reused (httpx's
-#: default); a second less than the server's ``Keep-Alive: timeout=`` when that
-#: is shorter. An older connection is closed and a new one opened, so a request
-#: is never written into a connection the server is closing as idle.
+#: Seconds a pooled connection may idle and still be reused (httpx's default),
+#: or a second less than a shorter ``Keep-Alive: timeout=`` of the server's: no
+#: request is written into a connection the server is closing as idle.
 KEEPALIVE_EXPIRY = 5.0
 
-#: Largest successful (2xx) answer read, in bytes; a longer one is an
-#: ``APIResponseError``. The API's answers are a few hundred bytes.
+#: Largest 2xx answer read, in bytes (a longer one is an ``APIResponseError``).
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 #: Largest error (4xx/5xx) body read, in bytes; the rest is dropped.
@@ -153,12 +147,10 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 # Random part of each backoff delay: the delay is scaled by 1 - JITTER * U[0, 1).
 _JITTER = 0.25
 
-# Largest integer option accepted where the API sets no bound (a bigger one
-# is a mistake, and one with thousands of digits cannot even be formatted).
+# Largest integer option accepted where the API sets no bound.
 _MAX_INT = 2**31 - 1
 
-# Longest timeout or deadline accepted, in seconds (larger ones overflow the
-# socket layer and never make sense for a web request).
+# Longest timeout or deadline accepted, in seconds (a day).
 _MAX_SECONDS = 24 * 3600.0
 
 # Bytes asked of the socket per read of a response body.
@@ -190,14 +182,10 @@ _OPENAI_HEADERS = (
 _PATH_SESSIONS = "/api/v1/sessions"
 _USER_AGENT = f"avaturn-session/{__version__}"
 
-# Deepest JSON we look into when redacting an answer; deeper parts are cut.
+# Deepest JSON redacted (deeper is cut); longest detail quoted in a message;
+# session tokens remembered to be scrubbed from any later error.
 _MAX_JSON_DEPTH = 32
-
-# Longest server detail quoted in an exception message, in characters.
 _MAX_DETAIL_CHARS = 500
-
-# Session tokens this process remembers so that later error texts can be
-# scrubbed of them, whichever client sees the error.
 _REMEMBERED_TOKENS = 256
 
 _log = logging.getLogger("avaturn_session")
@@ -211,9 +199,8 @@ class AvaturnError(Exception):
     """Root of every error this module raises."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only constructors defeat Exception's default pickling: rebuild
-        # from the message and the attributes, so celery, multiprocessing and
-        # ProcessPoolExecutor deliver the same class with the same fields.
+        # Keyword-only constructors defeat Exception's pickling: rebuild from the
+        # attributes, so celery and multiprocessing deliver the same error.
         return (_restore_error, (type(self), self.args, self.__dict__))
 
 
@@ -374,10 +361,7 @@ def _render_detail(detail: Any) -> str:
 
 class AvaturnSession:
     """A created session: its id, the browser's token and the API host it lives on.
-
-    Immutable, compared and hashed by value. ``token`` is a credential for the
-    browser only: it is left out of ``repr()``.
-    """
+    Immutable, compared by value; ``repr()`` leaves out the token."""
 
     __slots__ = ("api_host", "session_id", "token")
     __match_args__ = ("session_id", "token", "api_host")
@@ -943,10 +927,7 @@ _TIMEOUTS = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
 
 class _Payload:
     """A JSON body as sent, and the credentials inside it; its repr shows neither.
-
-    ``json.dumps(allow_nan=False)`` is the one check that the body can be
-    sent: anything it refuses is a ConfigurationError, before any request.
-    """
+    What ``json.dumps(allow_nan=False)`` refuses is a ConfigurationError."""
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         problem = None
@@ -975,8 +956,7 @@ class _Payload:
                     hidden = secret or bool(_SECRET_KEY.fullmatch(str(key)))
                     stack.append((item, hidden))
             elif isinstance(value, (list, tuple)):
-                for item in value:
-                    stack.append((item, secret))
+                stack.extend((item, secret) for item in value)
         self.secrets = tuple(found)
 
     def __repr__(self) -> str:
@@ -1281,26 +1261,17 @@ def _error(
             path=path,
             request_sent=result.sent,
         )
-    if result.status < 400:
-        why = result.problem or "not followed (check the base URL)"
-        kind_text = "redirect" if 300 <= result.status < 400 else "response"
-        return APIResponseError(
-            f"{result.status} {kind_text} from {method} {path}: {why}",
-            status_code=result.status,
-            method=method,
-            path=path,
-        )
+    if result.status < 400:  # a redirect
+        return result.unusable("a redirect, not followed (check the base URL)")
     text = result.body.decode("utf-8", errors="replace")
     try:
         body = _redact_json(json.loads(text), secrets)
     except (ValueError, RecursionError):
         body = _redact(_TAGS.sub(" ", text), secrets) or None
-    keys = [
-        k
-        for k in ("detail", "message", "error")
-        if isinstance(body, dict) and k in body
-    ]
-    detail = body[keys[0]] if keys else body
+    fields = body if isinstance(body, dict) else {}
+    detail = next(
+        (fields[k] for k in ("detail", "message", "error") if k in fields), body
+    )
     request_id = result.headers.get("x-request-id")
     if request_id is not None:
         request_id = _redact(request_id, secrets, limit=100) or None
@@ -1395,8 +1366,7 @@ class _Response(http.client.HTTPResponse):
 
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        # The reader socket.makefile made (it keeps the socket open while we
-        # read), turned into ours: only its readinto differs.
+        # socket.makefile's reader (it holds the socket open), made ours.
         reader = self.fp.raw
         reader.__class__ = _Reader
         reader = cast(_Reader, reader)
@@ -1603,16 +1573,6 @@ def _parse_retry_after(value: str, now: float | None = None) -> float | None:
 # Validation
 # --------------------------------------------------------------------------- #
 
-# Body fields that have a parameter of their own (``engine`` for the first).
-_NAMED_FIELDS = (
-    "conversation_engine",
-    "avatar_id",
-    "background",
-    "render_model",
-    "user_absent_timeout",
-    "max_duration",
-)
-
 # Required non-empty string fields of the engine types the library knows.
 _ENGINE_REQUIRED: dict[str, tuple[str, ...]] = {
     "openai-realtime": ("client_secret",),
@@ -1641,8 +1601,8 @@ def _build_create_body(
     for key, value in extra.items():
         if not isinstance(key, str) or not key:
             raise ConfigurationError("extra keys must be non-empty strings")
-        if key in _NAMED_FIELDS:
-            named = "engine" if key == "conversation_engine" else key
+        if key == "conversation_engine" or key in _CreateOptions.__annotations__:
+            named = "engine" if key == "conversation_engine" else key  # a parameter
             raise ConfigurationError(f"extra repeats {key!r}: pass it as {named}=")
         body[key] = value
     return body
@@ -1828,10 +1788,7 @@ _TOKENS: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
 
 def _known_secrets(extra: Sequence[str | None]) -> list[str]:
     """The secrets to scrub, longest first: ``extra`` and every remembered token."""
-    found = set()
-    for secret in (*extra, *tuple(_TOKENS)):
-        if secret and len(secret) >= _MIN_SECRET_CHARS:
-            found.add(secret)
+    found = {s for s in (*extra, *tuple(_TOKENS)) if s and len(s) >= _MIN_SECRET_CHARS}
     return sorted(found, key=len, reverse=True)
 
 
