@@ -686,10 +686,10 @@ class AvaturnClient:
         if http is not None:  # the old name shadowed the stdlib module
             import warnings
 
-            message = "AvaturnClient(http=...) is deprecated: use http_session="
-            warnings.warn(message, DeprecationWarning, stacklevel=2)
             if http_session is not None:
                 raise ConfigurationError("pass http_session only")
+            message = "AvaturnClient(http=...) is deprecated: use http_session="
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
             http_session = http
         auth = _auth(api_key, "AVATURN_API_KEY")
         url = base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL

@@ -919,6 +919,7 @@ def test_status_error_redacts_external_engine_headers(mock):
         (b'{"token": "t1"}', "'session_id'", None),
         (b'{"session_id": 5, "token": "t1"}', "'session_id'", "5"),
         (b'{"session_id": "", "token": "t1"}', "'session_id'", None),
+        (b'{"session_id": true, "token": "t1"}', "'session_id'", None),
     ],
 )
 def test_create_session_unusable_2xx_ends_any_session_it_names(
