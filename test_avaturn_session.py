@@ -1,5 +1,14 @@
-"""Tests for avaturn_session: request shapes with `responses`, and the reliability
-promises on a real socket against `FakeAvaturn`, a stdlib HTTP server on 127.0.0.1."""
+"""Tests for avaturn_session, one per promise a user depends on.
+
+Request shapes and status mapping run against `responses` mocks. Every
+reliability promise (deadline, retries, caps, keep-alive, fork, warm(), proxies,
+secrets) runs on a real socket against `FakeAvaturn` (testing/fake_avaturn.py, a
+stdlib server on 127.0.0.1 that the benchmarks use too). The README's snippets
+run as a user would run them; the examples run under their frameworks' test
+clients and under gunicorn with 4 workers; the browser side runs in headless
+Chromium with the real Web SDK; the notebook runs in a real kernel. No test
+talks to any other host, sleeps on a clock it could patch, or asserts a timing.
+"""
 
 from __future__ import annotations
 
@@ -2344,7 +2353,7 @@ def test_warm_opens_each_configured_host_and_sends_nothing(three_fakes):
     assert av.warm() == []
     wait_for(lambda: all(connections(three_fakes).values()))
     assert connections(three_fakes) == {"avaturn": 1, "openai": 1, "cartesia": 1}
-    assert all(not fake.attempts for fake in three_fakes.values())  # nothing billed
+    assert all(not fake.requests for fake in three_fakes.values())  # nothing sent
     assert av.warm() == []  # twice is safe: the same connections
     session_starts()
     assert connections(three_fakes) == {"avaturn": 1, "openai": 1, "cartesia": 1}
@@ -2926,6 +2935,20 @@ def test_cli_api_error_exits_1_with_one_line(capsys, fake, monkeypatch, no_env):
         "avaturn-session: error: NotFoundError: 404 Not Found (request req_404): "
         "Session not found\n"
     )
+
+
+def test_cli_help_lists_every_environment_variable_it_reads(capsys):
+    assert av.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "AVATURN_API_KEY",
+        "AVATURN_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "CARTESIA_API_KEY",
+        "CARTESIA_BASE_URL",
+    ):
+        assert name in out
 
 
 @pytest.mark.parametrize("command", ["create", "say", "terminate"])

@@ -94,6 +94,8 @@ class FakeAvaturn:
         self.created: dict[str, dict[str, Any]] = {}
         self.spoken: list[tuple[str, str]] = []
         self.attempts: Counter[str] = Counter()
+        # every request of any kind, as (method, path): the API's and a browser's
+        self.requests: list[tuple[str, str]] = []
         self.connections = 0
         self.latency = 0.0
         # headers added to every API answer, e.g. ("Keep-Alive", "timeout=2")
@@ -131,6 +133,13 @@ class FakeAvaturn:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def parse_request(self) -> bool:
+                parsed = super().parse_request()
+                if parsed:
+                    with fake.lock:
+                        fake.requests.append((self.command, self.path))
+                return parsed
 
             def do_POST(self) -> None:
                 if self.path.startswith(("/_sdk/", "/_test/")):
