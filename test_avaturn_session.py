@@ -36,8 +36,8 @@ import sys
 import threading
 import time
 import traceback
-import types
 import tracemalloc
+import types
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
