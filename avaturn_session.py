@@ -1368,10 +1368,11 @@ class _Response(http.client.HTTPResponse):
         super().__init__(sock, *args, **kwargs)
         # socket.makefile's reader (it holds the socket open), made ours.
         reader = self.fp.raw
-        reader.__class__ = _Reader
-        reader = cast(_Reader, reader)
-        reader.expires_at = _call.expires_at
-        reader.read_timeout = sock.gettimeout()
+        if type(reader) is socket.SocketIO:
+            reader.__class__ = _Reader
+            reader = cast(_Reader, reader)
+            reader.expires_at = _call.expires_at
+            reader.read_timeout = sock.gettimeout()
 
 
 class _Connection(urllib3.connection.HTTPConnection):
