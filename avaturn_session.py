@@ -626,9 +626,9 @@ def _minter(
 
 def _mint(provider: str, minter: _Transport, path: str, body: dict[str, Any]) -> str:
     """POST a minting request; the credential in its answer, else CredentialError."""
-    field = "value" if provider == "openai" else "token"
+    payload, field = _Payload(body), "value" if provider == "openai" else "token"
     try:
-        return minter.call("POST", path, _Payload(body)).string(field)
+        return minter.call("POST", path, payload).string(field)
     except AvaturnError as exc:
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(

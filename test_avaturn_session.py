@@ -1873,6 +1873,13 @@ def test_mint_openai_adds_type_on_a_copy(mock):
     assert config == {"model": "gpt-realtime", "instructions": "Be brief."}
 
 
+@pytest.mark.parametrize("session", [{"temperature": float("nan")}, {"tools": {1, 2}}])
+def test_mint_openai_refuses_a_session_it_cannot_send(monkeypatch, mock, session):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    with pytest.raises(av.ConfigurationError, match="JSON"):
+        av.mint_openai_client_secret(session)
+
+
 @pytest.mark.parametrize("expires_in", [9, 7201, 600.0, True])
 def test_mint_openai_refuses_bad_expiry(mock, expires_in):
     with pytest.raises(av.ConfigurationError, match="expires_in"):
