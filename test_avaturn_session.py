@@ -2200,8 +2200,9 @@ def test_32_threads_share_one_client(fake, caplog, monkeypatch, no_env, shared):
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
 
 
-def test_default_client_is_built_once_under_a_race(monkeypatch, no_env):
+def test_module_functions_build_one_client_under_a_race(fake, monkeypatch, no_env):
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
     built = []
 
     class Slow(av.AvaturnClient):
@@ -2211,10 +2212,8 @@ def test_default_client_is_built_once_under_a_race(monkeypatch, no_env):
             super().__init__()
 
     monkeypatch.setattr(av, "AvaturnClient", Slow)
-    seen: list[av.AvaturnClient] = []
-    assert run_threads(32, lambda: seen.append(av._client())) == []
-    assert len(built) == 1
-    assert len({id(c) for c in seen}) == 1
+    assert run_threads(32, av.create_session) == []
+    assert len(built) == 1 and len(fake.created) == 32
 
 
 def test_module_functions_keep_one_connection_alive(fake, monkeypatch, no_env):
