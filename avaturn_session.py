@@ -281,11 +281,7 @@ class APIStatusError(AvaturnError):
 
     def __str__(self) -> str:
         """``422 Unprocessable Entity (request req_1): loc: msg``."""
-        status = getattr(self, "status_code", 0)
-        try:
-            text = f"{status} {http.HTTPStatus(status).phrase}"
-        except ValueError:
-            text = f"{status} Error"
+        text = _status_text(getattr(self, "status_code", 0))
         if getattr(self, "request_id", None):
             text += f" (request {self.request_id})"
         detail = _render_detail(getattr(self, "detail", None))
@@ -332,6 +328,14 @@ def _restore_error(
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+def _status_text(status: int) -> str:
+    """``422 Unprocessable Entity``, or ``599 Error`` for a status without a name."""
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
 
 
 def _render_detail(detail: Any) -> str:
@@ -996,10 +1000,7 @@ class _Result:
         """What happened, for a log line: a status, or the failure's kind (no server text)."""
         if self.failure is not None:
             return "timeout" if self.timed_out else "connection error"
-        try:
-            return f"{self.status} {http.HTTPStatus(self.status).phrase}"
-        except ValueError:
-            return str(self.status)
+        return _status_text(self.status)
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object of this 2xx answer, else APIResponseError."""

@@ -2055,34 +2055,43 @@ def test_fork_child_mints_openai_on_its_own_connection(monkeypatch, openai_fake)
     assert parent_first == parent_again
 
 
-@pytest.fixture
-def tls_fakes(monkeypatch, tmp_path):
-    """Avaturn, OpenAI and Cartesia fakes over TLS on 127.0.0.1, trusted through
-    the environment as in production (REQUESTS_CA_BUNDLE, SSL_CERT_FILE)."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    bundle = tmp_path / "ca.pem"
-    bundle.write_bytes(ca.cert_pem.bytes())
+def three_hosts(monkeypatch: pytest.MonkeyPatch, context: Any = None) -> Any:
+    """Avaturn, OpenAI and Cartesia on fakes of their own (TLS with `context`),
+    their keys and base URLs in the environment, as in production."""
     fakes = {name: FakeAvaturn() for name in ("avaturn", "openai", "cartesia")}
     for fake in fakes.values():
-        fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
-        fake.url = fake.url.replace("http://", "https://")
+        if context is not None:
+            fake.server.socket = context.wrap_socket(
+                fake.server.socket, server_side=True
+            )
+            fake.url = fake.url.replace("http://", "https://")
     for name, value in {
-        "REQUESTS_CA_BUNDLE": str(bundle),
-        "SSL_CERT_FILE": str(bundle),
         "AVATURN_API_KEY": KEY,
         "AVATURN_BASE_URL": fakes["avaturn"].url,
-        "OPENAI_API_KEY": "sk-tls",
+        "OPENAI_API_KEY": "sk-three",
         "OPENAI_BASE_URL": fakes["openai"].url + "/v1",
-        "CARTESIA_API_KEY": "ck-tls",
+        "CARTESIA_API_KEY": "ck-three",
         "CARTESIA_BASE_URL": fakes["cartesia"].url,
     }.items():
         monkeypatch.setenv(name, value)
     yield fakes
     for fake in fakes.values():
         fake.close()
+
+
+@pytest.fixture
+def tls_fakes(monkeypatch, tmp_path):
+    """The three hosts over TLS on 127.0.0.1, trusted through the environment as
+    in production (REQUESTS_CA_BUNDLE, SSL_CERT_FILE)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca.cert_pem.bytes())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    yield from three_hosts(monkeypatch, context)
 
 
 def test_session_starts_over_tls_use_one_connection_per_host(tls_fakes):
@@ -2327,20 +2336,7 @@ def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
 
 @pytest.fixture
 def three_fakes(monkeypatch):
-    """Avaturn, OpenAI and Cartesia on fakes of their own, keys in the environment."""
-    fakes = {name: FakeAvaturn() for name in ("avaturn", "openai", "cartesia")}
-    for name, value in {
-        "AVATURN_API_KEY": KEY,
-        "AVATURN_BASE_URL": fakes["avaturn"].url,
-        "OPENAI_API_KEY": "sk-warm",
-        "OPENAI_BASE_URL": fakes["openai"].url + "/v1",
-        "CARTESIA_API_KEY": "ck-warm",
-        "CARTESIA_BASE_URL": fakes["cartesia"].url,
-    }.items():
-        monkeypatch.setenv(name, value)
-    yield fakes
-    for fake in fakes.values():
-        fake.close()
+    yield from three_hosts(monkeypatch)
 
 
 def connections(fakes: dict[str, FakeAvaturn]) -> dict[str, int]:
@@ -2387,7 +2383,7 @@ def test_warm_survives_an_unreachable_host_and_says_which(
     assert av.warm() == [dead + "/v1"]
     wait_for(lambda: three_fakes["cartesia"].connections)
     assert f"could not warm {dead}/v1" in caplog.text
-    assert "sk-warm" not in caplog.text
+    assert "sk-three" not in caplog.text
     assert connections(three_fakes) == {"avaturn": 1, "openai": 0, "cartesia": 1}
 
 
