@@ -12,13 +12,15 @@ its token to the browser's Web SDK, push text for the avatar to say, terminate.
         ...  # hand `options` to the browser's `new AvaturnHead(el, options)`
     # leaving the block terminated the session, whatever happened inside
 
-    with av.session(av.text_echo_engine("voice_id")) as s:
-        av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
+    with av.deadline(20):  # one budget for every call in a web request
+        with av.session(av.text_echo_engine("voice_id")) as s:
+            av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import http.client
 import http.cookiejar
 import json
@@ -33,19 +35,16 @@ import sys
 import threading
 import time
 import urllib.parse
-import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, cast
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, TypeVar, cast
 
 import requests
 import requests.adapters
 import requests.auth
+import requests.utils
 import urllib3
-import urllib3.connection
 import urllib3.exceptions
-import urllib3.response
-import urllib3.util
 
 if TYPE_CHECKING:  # only the type checker needs these (Self, Unpack: 3.11+)
     import argparse
@@ -53,7 +52,11 @@ if TYPE_CHECKING:  # only the type checker needs these (Self, Unpack: 3.11+)
 
     from typing_extensions import Unpack
 
+if not hasattr(urllib3, "BaseHTTPResponse"):  # a copied file: what setup.cfg requires
+    raise ImportError("avaturn_session needs urllib3>=2: pip install 'urllib3>=2'")
+
 __all__ = [
+    "CLEANUP_GRACE",
     "DEFAULT_BASE_URL",
     "DEFAULT_DEADLINE",
     "DEFAULT_MAX_RETRIES",
@@ -65,6 +68,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
+    "READY_MIN_LIFE",
     "WEB_SDK_URL",
     "APIConnectionError",
     "APIResponseError",
@@ -86,6 +90,7 @@ __all__ = [
     "cartesia_engine",
     "close_shared_clients",
     "create_session",
+    "deadline",
     "external_engine",
     "main",
     "mint_cartesia_access_token",
@@ -98,7 +103,7 @@ __all__ = [
     "warm",
 ]
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # --------------------------------------------------------------------------- #
 # Constants
@@ -111,12 +116,17 @@ DEFAULT_BASE_URL = "https://api.avaturn.live"
 #: self-contained ES module; ``sdk_url=`` or ``AVATURN_SDK_URL`` serve another).
 WEB_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/main.js"
 
-#: Seconds to wait for a connection, then for each read of the response.
+#: Seconds (connect, read): connect bounds name resolution, each address's
+#: connect and the TLS handshake; read bounds each write and each read.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 
-#: Total seconds one public call may take, name resolution, every attempt and
-#: wait, headers and body included; nothing is sent once it has passed.
+#: Total seconds one public call may take, every attempt and wait included;
+#: nothing is sent once it has passed. ``deadline()`` bounds several calls.
 DEFAULT_DEADLINE = 60.0
+
+#: Seconds that ending a session a call created may take past its deadline
+#: (an unusable create answer, an interrupted create, a ``session()`` block).
+CLEANUP_GRACE = 5.0
 
 #: Extra attempts after the first, for the failures that are safe to repeat.
 DEFAULT_MAX_RETRIES = 2
@@ -130,7 +140,7 @@ MAX_RETRY_DELAY = 8.0
 #: A longer ``Retry-After`` (seconds) is not waited for: the error is raised.
 MAX_RETRY_AFTER = 60.0
 
-#: Connections kept per host, for as many threads at once (requests keeps 10).
+#: Idle connections kept per host, for as many threads at once.
 DEFAULT_POOL_MAXSIZE = 32
 
 #: Seconds a pooled connection may idle and still be reused (httpx's default),
@@ -144,6 +154,10 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 #: Largest error (4xx/5xx) body read, in bytes; the rest is dropped.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
+#: A credential minted ahead (``ready=True``) is handed out only while at
+#: least this share of its lifetime is left.
+READY_MIN_LIFE = 0.5
+
 # Random part of each backoff delay: the delay is scaled by 1 - JITTER * U[0, 1).
 _JITTER = 0.25
 
@@ -153,8 +167,13 @@ _MAX_INT = 2**31 - 1
 # Longest timeout or deadline accepted, in seconds (a day).
 _MAX_SECONDS = 24 * 3600.0
 
-# Bytes asked of the socket per read of a response body.
+# Bytes asked of the socket per read; longest line and header block of an answer.
 _READ_CHUNK = 16 * 1024
+_MAX_LINE = 8 * 1024
+_MAX_HEAD_BYTES = 64 * 1024
+
+# Configurations kept ready per process (``ready=True``); more mint inline.
+_MAX_READY = 8
 
 # Create-session limits from the API reference: (least, most) seconds.
 _LIMITS = {"user_absent_timeout": (10, None), "max_duration": (60, 86400)}
@@ -182,11 +201,19 @@ _OPENAI_HEADERS = (
 _PATH_SESSIONS = "/api/v1/sessions"
 _USER_AGENT = f"avaturn-session/{__version__}"
 
-# Deepest JSON redacted (deeper is cut); longest detail quoted in a message;
-# session tokens remembered to be scrubbed from any later error.
+# Deepest JSON sent or redacted (deeper is refused or cut); longest detail
+# quoted in a message; session tokens remembered to be scrubbed from errors.
 _MAX_JSON_DEPTH = 32
 _MAX_DETAIL_CHARS = 500
 _REMEMBERED_TOKENS = 256
+
+# Status phrases as CPython before 3.13 words them: the same text everywhere.
+_PHRASES = {
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    416: "Requested Range Not Satisfiable",
+    422: "Unprocessable Entity",
+}
 
 _log = logging.getLogger("avaturn_session")
 
@@ -196,12 +223,26 @@ _log = logging.getLogger("avaturn_session")
 
 
 class AvaturnError(Exception):
-    """Root of every error this module raises."""
+    """Root of every error this module raises. ``str()`` is its message; its
+    fields are attributes. ``args`` is (message, fields), so pickle and
+    celery's JSON serializer both rebuild the same class, message and fields."""
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only constructors defeat Exception's pickling: rebuild from the
-        # attributes, so celery and multiprocessing deliver the same error.
-        return (_restore_error, (type(self), self.args, self.__dict__))
+    #: A session the failed call created that may still be running, if known.
+    session_id: str | None = None
+
+    def __init__(
+        self,
+        message: str = "",
+        fields: Mapping[str, Any] | None = None,
+        /,
+        **more: Any,
+    ) -> None:
+        fields = {**(fields or {}), **more}
+        super().__init__(message, fields)
+        self.__dict__.update(fields)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ConfigurationError(AvaturnError, ValueError):
@@ -209,83 +250,47 @@ class ConfigurationError(AvaturnError, ValueError):
 
 
 class CredentialError(AvaturnError):
-    """Minting the conversation engine's credential failed."""
+    """Minting the conversation engine's credential failed (``.provider``)."""
 
-    def __init__(self, message: str, *, provider: str) -> None:
-        super().__init__(message)
-        self.provider = provider
+    provider: str = ""
 
 
 class APIConnectionError(AvaturnError):
-    """No HTTP response arrived: refused, reset, DNS failure, cut-off body."""
+    """No HTTP answer arrived: refused, reset, DNS failure, a cut-off answer."""
 
-    def __init__(
-        self, message: str, *, method: str, path: str, request_sent: bool
-    ) -> None:
-        super().__init__(message)
-        self.method = method
-        self.path = path
-        # False only when the request certainly never reached the server.
-        self.request_sent = request_sent
+    method: str = ""
+    path: str = ""
+    #: True exactly when a byte of the request was written to a socket (or it
+    #: went through a caller's ``http_session``, which does not count).
+    request_sent: bool = True
 
 
 class APITimeoutError(APIConnectionError):
-    """A connect, a read or the whole call's deadline timed out."""
+    """A step's timeout or the call's deadline passed."""
 
 
 class APIResponseError(AvaturnError):
     """A 2xx or 3xx answer that cannot be used: not JSON, a field missing, a redirect."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        method: str,
-        path: str,
-        session_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.method = method
-        self.path = path
-        # Set when the server created a session that may still be running.
-        self.session_id = session_id
+    status_code: int = 0
+    method: str = ""
+    path: str = ""
 
 
 class APIStatusError(AvaturnError):
-    """The server answered with a 4xx or 5xx status."""
+    """The server answered with a 4xx or 5xx status: ``str()`` reads
+    ``422 Unprocessable Entity (request req_1): loc: msg``."""
 
-    def __init__(
-        self,
-        *,
-        status_code: int,
-        detail: Any,
-        request_id: str | None,
-        method: str,
-        path: str,
-        body: Any = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(status_code, detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.request_id = request_id
-        self.method = method
-        self.path = path
-        self.body = body
-        # Seconds the server asked us to wait (Retry-After), if it said.
-        self.retry_after = retry_after
-        # FastAPI validation items ({"loc", "msg", "type", ...}); empty otherwise.
-        self.errors: list[Any] = list(detail) if isinstance(detail, list) else []
-
-    def __str__(self) -> str:
-        """``422 Unprocessable Entity (request req_1): loc: msg``."""
-        text = _status_text(getattr(self, "status_code", 0))
-        if getattr(self, "request_id", None):
-            text += f" (request {self.request_id})"
-        detail = _render_detail(getattr(self, "detail", None))
-        return f"{text}: {detail}" if detail else text
+    status_code: int = 0
+    detail: Any = None
+    request_id: str | None = None
+    method: str = ""
+    path: str = ""
+    body: Any = None
+    #: Seconds the server asked us to wait (Retry-After), if it said.
+    retry_after: float | None = None
+    #: FastAPI validation items ({"loc", "msg", "type", ...}); empty otherwise.
+    errors: list[Any] = []  # noqa: RUF012 - never mutated, replaced per error
 
 
 class BadRequestError(APIStatusError):
@@ -320,20 +325,10 @@ class InternalServerError(APIStatusError):
     """5xx: the server or a gateway in front of it failed."""
 
 
-def _restore_error(
-    cls: type[AvaturnError], args: tuple[Any, ...], state: dict[str, Any]
-) -> AvaturnError:
-    """Unpickle an error without calling its keyword-only ``__init__``."""
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(state)
-    return error
-
-
 def _status_text(status: int) -> str:
     """``422 Unprocessable Entity``, or ``599 Error`` for a status without a name."""
     try:
-        return f"{status} {http.HTTPStatus(status).phrase}"
+        return f"{status} {_PHRASES.get(status) or http.HTTPStatus(status).phrase}"
     except ValueError:
         return f"{status} Error"
 
@@ -365,7 +360,7 @@ def _render_detail(detail: Any) -> str:
 
 class AvaturnSession:
     """A created session: its id, the browser's token and the API host it lives on.
-    Immutable, compared by value; ``repr()`` leaves out the token."""
+    Immutable, compared by value; the token shows as ``***`` in any repr."""
 
     __slots__ = ("api_host", "session_id", "token")
     __match_args__ = ("session_id", "token", "api_host")
@@ -376,7 +371,7 @@ class AvaturnSession:
 
     def __init__(self, session_id: str, token: str, api_host: str) -> None:
         object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "token", token)
+        object.__setattr__(self, "token", _Secret(token))
         object.__setattr__(self, "api_host", api_host)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -490,7 +485,7 @@ _WEB_SDK_PAGE = """<!doctype html>
 
 
 class _CreateOptions(TypedDict, total=False):
-    """``create_session``'s options, for the functions that forward them."""
+    """``create_session``'s options, for ``session()``, which forwards them."""
 
     avatar_id: str | None
     background: str | None
@@ -498,30 +493,32 @@ class _CreateOptions(TypedDict, total=False):
     user_absent_timeout: int | None
     max_duration: int | None
     extra: Mapping[str, Any] | None
+    timeout: float | tuple[float, float] | None
+    deadline: float | None
 
 
 # --------------------------------------------------------------------------- #
-# Engine helpers
+# Engine helpers (their credentials show as *** in any repr)
 # --------------------------------------------------------------------------- #
 
 
 def openai_realtime_engine(client_secret: str) -> dict[str, Any]:
     """Engine config for an OpenAI Realtime session bound to a client secret (``ek_...``)."""
-    _check_text(client_secret, "client_secret")
-    return {"type": "openai-realtime", "client_secret": client_secret}
+    return _check_engine(
+        _hide({"type": "openai-realtime", "client_secret": client_secret})
+    )
 
 
 def cartesia_engine(access_token: str, agent_id: str) -> dict[str, Any]:
     """Engine config for a Cartesia Line agent, with a freshly minted access token."""
-    _check_text(access_token, "access_token")
-    _check_text(agent_id, "agent_id")
-    return {"type": "cartesia", "access_token": access_token, "agent_id": agent_id}
+    engine = {"type": "cartesia", "access_token": access_token, "agent_id": agent_id}
+    return _check_engine(_hide(engine))
 
 
 def text_echo_engine(voice_id: str) -> dict[str, Any]:
     """Engine config for the legacy text-echo type: an ElevenLabs voice says pushed text."""
-    _check_text(voice_id, "voice_id")
-    return {"type": "text-echo", "tts": {"engine": "elevenlabs", "voice_id": voice_id}}
+    tts = {"engine": "elevenlabs", "voice_id": voice_id}
+    return _check_engine(_hide({"type": "text-echo", "tts": tts}))
 
 
 def external_engine(
@@ -538,10 +535,10 @@ def external_engine(
     """
     engine: dict[str, Any] = {"type": "external", "url": url}
     if headers is not None:
-        engine["headers"] = dict(headers) if isinstance(headers, Mapping) else headers
+        engine["headers"] = headers
     if user_sample_rate is not None:
         engine["audio"] = {"user": {"sample_rate": user_sample_rate}}
-    return _check_engine(engine)
+    return _check_engine(_hide(engine))
 
 
 # --------------------------------------------------------------------------- #
@@ -554,38 +551,37 @@ def mint_openai_client_secret(
     *,
     expires_in: int = 600,
     api_key: str | None = None,
+    base_url: str | None = None,
+    ready: bool = False,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
     openai_client: Any = None,
-    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-    deadline: float = DEFAULT_DEADLINE,
 ) -> str:
     """Mint a short-lived OpenAI Realtime client secret (``ek_...``) for one session.
 
     ``session``: the Realtime session config (model, instructions, voice, tools;
-    default model ``gpt-realtime``). ``expires_in``: seconds, 10..7200. Key from
-    ``api_key`` or ``OPENAI_API_KEY``; host from ``OPENAI_BASE_URL``. One POST
-    over this module's pooled transport, ``timeout`` and ``deadline`` as in
-    ``AvaturnClient``, one attempt. An ``openai_client`` given is used instead,
-    with no retries and our timeout. Raises ``ConfigurationError`` (bad input,
-    no key) or ``CredentialError`` (``provider="openai"``).
+    default model ``gpt-realtime``); ``expires_in``: seconds, 10..7200. Key from
+    ``api_key`` or ``OPENAI_API_KEY``; host from ``base_url``, ``OPENAI_BASE_URL``
+    or ``https://api.openai.com/v1``. One POST, never repeated, within
+    ``timeout`` and ``deadline`` (``DEFAULT_TIMEOUT``, ``DEFAULT_DEADLINE``;
+    any ``deadline()`` block too). ``ready=True``: a secret minted ahead for
+    this exact configuration when one is ready (``READY_MIN_LIFE``), the next
+    minted in the background. ``openai_client`` is deprecated: it mints
+    through that SDK client, bounded by its own timeout only. Raises
+    ``ConfigurationError`` or ``CredentialError`` (``provider="openai"``).
     """
     _check_int(expires_in, "expires_in", _OPENAI_MIN_EXPIRES_IN, _OPENAI_MAX_EXPIRES_IN)
     if session is not None and not isinstance(session, Mapping):
         raise ConfigurationError("session must be a mapping")
+    config = _OPENAI_DEFAULT_SESSION if session is None else _hide(session)
     body = {
         "expires_after": {"anchor": "created_at", "seconds": expires_in},
-        "session": {
-            "type": "realtime",
-            **(_OPENAI_DEFAULT_SESSION if session is None else session),
-        },
+        "session": {"type": "realtime", **config},
     }
     if openai_client is not None:
-        # The SDK has no total deadline: it caps the SDK's one timeout instead.
-        seconds = min(
-            max(_check_timeout(timeout)), _check_seconds(deadline, "deadline")
-        )
-        return _mint_with_sdk(openai_client, _Payload(body), seconds)
-    minter = _minter("openai", api_key, None, timeout, deadline)
-    return _mint("openai", minter, "/realtime/client_secrets", body)
+        return _mint_with_sdk(openai_client, _Payload(body), timeout, deadline)
+    args = ("/realtime/client_secrets", body, "value", expires_in, ready)
+    return _mint("openai", api_key, base_url, *args, timeout, deadline)
 
 
 def mint_cartesia_access_token(
@@ -593,46 +589,60 @@ def mint_cartesia_access_token(
     api_key: str | None = None,
     expires_in: int = 300,
     base_url: str | None = None,
-    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-    deadline: float = DEFAULT_DEADLINE,
+    ready: bool = False,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
 ) -> str:
     """Mint a short-lived Cartesia access token with the agent grant.
 
     Key from ``api_key`` or ``CARTESIA_API_KEY``; host from ``base_url`` or
-    ``CARTESIA_BASE_URL``. ``expires_in``: seconds, 1..3600. One attempt, as
-    ``mint_openai_client_secret``; raises ``ConfigurationError`` or
-    ``CredentialError`` (``provider="cartesia"``).
+    ``CARTESIA_BASE_URL``. ``expires_in``: seconds, 1..3600. One attempt;
+    ``ready``, ``timeout`` and ``deadline`` as in ``mint_openai_client_secret``.
+    Raises ``ConfigurationError`` or ``CredentialError`` (``provider="cartesia"``).
     """
     _check_int(expires_in, "expires_in", 1, _CARTESIA_MAX_EXPIRES_IN)
-    minter = _minter("cartesia", api_key, base_url, timeout, deadline)
     body = {"grants": {"agent": True}, "expires_in": expires_in}
-    return _mint("cartesia", minter, "/access-token", body)
+    args = ("/access-token", body, "token", expires_in, ready)
+    return _mint("cartesia", api_key, base_url, *args, timeout, deadline)
 
 
-def _minter(
+def _mint(
     provider: str,
-    api_key: str | None = None,
-    base_url: str | None = None,
-    timeout: object = DEFAULT_TIMEOUT,
-    deadline: object = DEFAULT_DEADLINE,
-) -> _Transport:
-    """A transport to a minting provider, on the session every mint shares;
-    never retried (a mint that may have reached the provider is not replayed)."""
-    key_variable, url_variable, default_url = _MINTERS[provider]
-    headers = {"Cartesia-Version": _CARTESIA_VERSION}
-    if provider == "openai":
-        headers = {h: os.environ[v] for h, v in _OPENAI_HEADERS if os.environ.get(v)}
-    auth, url = _auth(api_key, key_variable), base_url or os.environ.get(url_variable)
-    return _Transport(
-        auth, url or default_url, timeout, deadline, 0, _minting_session, headers
-    )
+    api_key: str | None,
+    base_url: str | None,
+    path: str,
+    body: dict[str, Any],
+    field: str,
+    lifetime: int,
+    ready: bool,
+    timeout: object,
+    deadline: object,
+) -> str:
+    """A credential: one minted ahead (``ready``), else minted now."""
+    if not isinstance(ready, bool):
+        raise ConfigurationError("ready must be True or False")
+    minter, payload = _minter(provider, api_key, base_url), _Payload(body)
+    timeouts = minter.timeout if timeout is None else _check_timeout(timeout)
+    seconds = minter.deadline if deadline is None else _check_seconds(deadline)
+    job = (provider, minter, path, payload, field, timeouts, seconds)
+    if ready and (value := _here().ready.take(job, lifetime)) is not None:
+        return value
+    return _mint_now(*job)
 
 
-def _mint(provider: str, minter: _Transport, path: str, body: dict[str, Any]) -> str:
-    """POST a minting request; the credential in its answer, else CredentialError."""
-    payload, field = _Payload(body), "value" if provider == "openai" else "token"
+def _mint_now(
+    provider: str,
+    minter: _Transport,
+    path: str,
+    payload: _Payload,
+    field: str,
+    timeout: tuple[float, float],
+    deadline: float,
+) -> str:
+    """POST one minting request: the credential in its answer, else CredentialError."""
+    answer = minter.call("POST", path, payload, timeout=timeout, deadline=deadline)
     try:
-        return minter.call("POST", path, payload).string(field)
+        return _Secret(answer.string(field))
     except AvaturnError as exc:
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(
@@ -640,24 +650,30 @@ def _mint(provider: str, minter: _Transport, path: str, body: dict[str, Any]) ->
         ) from exc
 
 
-def _mint_with_sdk(client: Any, payload: _Payload, timeout: float) -> str:
-    """Mint through the caller's ``openai.OpenAI``; any failure is a CredentialError."""
-    failure = "the response carried no client secret value"
-    value: object = None
+def _mint_with_sdk(
+    client: Any, payload: _Payload, timeout: object, deadline: object
+) -> str:
+    """Mint through the caller's ``openai.OpenAI`` (deprecated: no total deadline)."""
+    import warnings
+
+    message = "openai_client= is deprecated (no total deadline); remove it to mint here"
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    seconds = max(DEFAULT_TIMEOUT if timeout is None else _check_timeout(timeout))
+    left = _expiry(DEFAULT_DEADLINE if deadline is None else _check_seconds(deadline))
+    failure, value = "the answer carried no client secret value", None
     try:
-        configured = client.with_options(timeout=timeout, max_retries=0)
-        value = configured.realtime.client_secrets.create(**payload.body).value
+        sdk = client.with_options(timeout=min(seconds, left - _now()), max_retries=0)
+        value = sdk.realtime.client_secrets.create(**payload.body).value
     except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
-        # Keep the reason, not the exception: its frames hold the request and
-        # its Authorization header, which a traceback capturer would record.
-        key = getattr(client, "api_key", None)
-        secrets = payload.secrets + ((key,) if isinstance(key, str) else ())
-        failure = _redact(f"{type(exc).__name__}: {exc}", _known_secrets(secrets))
+        # The reason, not the exception: its frames hold the request's headers.
+        failure = _redact(
+            f"{type(exc).__name__}: {exc}", _known_secrets(payload.secrets)
+        )
     if not isinstance(value, str) or not value:
         raise CredentialError(
             f"openai: could not mint a credential: {failure}", provider="openai"
         )
-    return value
+    return _Secret(value)
 
 
 # --------------------------------------------------------------------------- #
@@ -671,9 +687,10 @@ class AvaturnClient:
     ``api_key``, ``base_url``: default ``AVATURN_API_KEY``, ``AVATURN_BASE_URL``
     or ``DEFAULT_BASE_URL`` (``http://`` for loopback hosts only). ``timeout``:
     seconds, or a ``(connect, read)`` pair; ``deadline``: seconds for a whole
-    call, every attempt and wait included; ``max_retries``: extra attempts,
-    only where repeating cannot double-bill. ``http_session`` (``http`` in 0.2):
-    a ``requests.Session`` to send through, never closed; make one per process.
+    call, every attempt and wait included (each method takes both too);
+    ``max_retries``: extra attempts, only where repeating cannot double-bill.
+    ``http_session``: a ``requests.Session`` to send through, never closed;
+    its adapters do not count bytes, so a failure through it counts as sent.
     """
 
     def __init__(
@@ -685,20 +702,12 @@ class AvaturnClient:
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_session: requests.Session | None = None,
         deadline: float = DEFAULT_DEADLINE,
-        http: requests.Session | None = None,
     ) -> None:
-        if http is not None:  # the old name shadowed the stdlib module
-            import warnings
-
-            if http_session is not None:
-                raise ConfigurationError("pass http_session only")
-            message = "AvaturnClient(http=...) is deprecated: use http_session="
-            warnings.warn(message, DeprecationWarning, stacklevel=2)
-            http_session = http
         auth = _auth(api_key, "AVATURN_API_KEY")
-        url = base_url or os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL
+        if base_url is None:
+            base_url = os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL
         self._transport = _Transport(
-            auth, url, timeout, deadline, max_retries, http_session
+            auth, base_url, timeout, deadline, max_retries, http_session
         )
         self.base_url = self._transport.base_url
         # The environment a shared client was built from (see ``_client``).
@@ -717,10 +726,10 @@ class AvaturnClient:
         """Release pooled connections (only those of a session this client created)."""
         self._transport.close()
 
-    def warm(self) -> bool:
+    def warm(self, *, deadline: float | None = None) -> bool:
         """Open this client's keep-alive connection now, sending nothing (see
         ``warm()``); False, logged as a WARNING, when it cannot."""
-        return self._transport.warm()
+        return self._transport.warm(deadline)
 
     def create_session(
         self,
@@ -732,16 +741,20 @@ class AvaturnClient:
         user_absent_timeout: int | None = None,
         max_duration: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        deadline: float | None = None,
     ) -> AvaturnSession:
         """Create a session; returns its id, the browser token and the API host.
 
         ``engine``: any engine mapping; ``user_absent_timeout`` (>= 10) and
         ``max_duration`` (60..86400): seconds; ``extra``: more top-level fields.
         Only what was set is sent. Bad input raises ``ConfigurationError`` before
-        anything is sent; never retried once it may have reached the server. A
-        session named in an unusable answer is ended before the error is raised.
+        anything is sent; never retried once it may have reached the server.
+        If anything fails after the server may have created the session, the
+        session its answer names (read leniently) is ended within
+        ``CLEANUP_GRACE``; the error says which one may still run, if any.
         """
-        options: _CreateOptions = {
+        options = {
             "avatar_id": avatar_id,
             "background": background,
             "render_model": render_model,
@@ -749,44 +762,58 @@ class AvaturnClient:
             "max_duration": max_duration,
             "extra": extra,
         }
-        payload = _Payload(_build_create_body(engine, options))
-        answer = self._transport.call("POST", _PATH_SESSIONS, payload)
-        fields = answer.json_object()
-        session_id, token = fields.get("session_id"), fields.get("token")
-        if isinstance(token, str) and token:
+        payload = _Payload(_build_create_body(_hide(engine), _hide(options)))
+        trail: list[_Attempt] = []
+        try:
+            answer = self._transport.call(
+                "POST", _PATH_SESSIONS, payload, timeout, deadline, trail=trail
+            )
+            fields = answer.json_object()
+            session_id, token = fields.get("session_id"), fields.get("token")
+            if not (
+                isinstance(session_id, str)
+                and session_id
+                and isinstance(token, str)
+                and token
+            ):
+                raise answer.unusable("has no 'session_id' and 'token' strings")
             _TOKENS.append(token)
-            if isinstance(session_id, str) and session_id:
-                return AvaturnSession(session_id, token, self.base_url)
-        missing = (
-            "token" if isinstance(session_id, str) and session_id else "session_id"
-        )
-        error = answer.unusable(f"has no {missing!r} string")
-        # An answer that names a session in any form: end it rather than leak it.
-        named = str(session_id) if isinstance(session_id, (str, int)) else ""
-        unnamed = not named or isinstance(session_id, bool)
-        if not unnamed and not self._terminate_quietly(named, "unusable answer"):
-            error.session_id = named  # it may still be running
-        raise error
+            return AvaturnSession(session_id, token, self.base_url)
+        except BaseException as exc:  # ours, or the caller's (Ctrl-C, a time limit)
+            self._end_lost(trail, exc)
+            raise
 
-    def say(self, session_id: str, text: str) -> str:
+    def say(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        timeout: float | tuple[float, float] | None = None,
+        deadline: float | None = None,
+    ) -> str:
         """Queue ``text`` for the avatar to speak (text-echo); returns the task id.
         Never retried once it may have reached the server (it would say it twice)."""
         path = _session_path(session_id) + "/tasks"
-        _check_text(text, "text")
-        if not text.strip():
+        if not _check_text(text, "text").strip():
             raise ConfigurationError("text must not be blank")
-        return self._transport.call("POST", path, _Payload({"text": text})).string(
+        payload = _Payload({"text": text})
+        return self._transport.call("POST", path, payload, timeout, deadline).string(
             "task_id"
         )
 
-    def terminate_session(self, session_id: str) -> bool:
+    def terminate_session(
+        self,
+        session_id: str,
+        *,
+        timeout: float | tuple[float, float] | None = None,
+        deadline: float | None = None,
+    ) -> bool:
         """End a session; ``True`` if this call ended it, ``False`` if it was gone.
 
         Safe twice and in cleanup code. Timeouts, resets and 500/502/503/504 are
         retried; a 404 after an attempt that may have arrived counts as ended.
         """
-        answer = self._transport.call("DELETE", _session_path(session_id), gone_ok=True)
-        return answer.status not in _GONE or answer.acted_before
+        return self._terminate(session_id, timeout, deadline)
 
     @contextlib.contextmanager
     def session(
@@ -796,57 +823,115 @@ class AvaturnClient:
     ) -> Iterator[AvaturnSession]:
         """Create a session for a ``with`` block; end it on leaving, whatever happens.
 
-        Takes ``create_session``'s parameters. If ending fails while the block's
-        own exception propagates, that one wins and a WARNING is logged.
+        Takes ``create_session``'s parameters. Ending it gets at least
+        ``CLEANUP_GRACE``, even past a ``deadline()``. If ending fails while the
+        block's own exception propagates, that one wins and a WARNING is logged.
         """
         created = self.create_session(engine, **options)
         try:
             yield created
         except BaseException:
-            self._terminate_quietly(
-                created.session_id, "after an error in the with-block"
-            )
+            self._end(created.session_id, "after an error in the with-block")
             raise
-        self.terminate_session(created.session_id)
+        until = max(self._transport.expiry(options.get("deadline")), _grace())
+        self._terminate(created.session_id, options.get("timeout"), until=until)
 
-    def _terminate_quietly(self, session_id: str, why: str) -> bool:
-        """Terminate; on failure log a WARNING and return False instead of raising."""
+    def _terminate(
+        self,
+        session_id: str,
+        timeout: object = None,
+        deadline: object = None,
+        until: float | None = None,
+    ) -> bool:
+        path = _session_path(session_id)
+        answer = self._transport.call(
+            "DELETE", path, None, timeout, deadline, until=until, gone_ok=True
+        )
+        answer.check()
+        return answer.status not in _GONE or answer.acted_before
+
+    def _end(self, session_id: str, why: str, until: float | None = None) -> bool:
+        """End a session this client created, within ``CLEANUP_GRACE`` past its
+        deadline; on failure log a WARNING and return False instead of raising."""
+        if until is None:
+            until = max(self._transport.expiry(None), _grace())
         try:
-            self.terminate_session(session_id)
+            self._terminate(session_id, until=until)
         except AvaturnError as exc:
-            _log.warning(
-                "could not terminate session %s (%s): %s", session_id, why, exc
-            )
+            _log.warning("could not end session %s (%s): %s", session_id, why, exc)
             return False
         return True
+
+    def _end_lost(self, trail: list[_Attempt], exc: BaseException) -> None:
+        """After a create failed: end the session its answer names, if any (read
+        leniently); say on the error what may still be running."""
+        last = trail[-1] if trail else None
+        if last is None or not last.may_have_acted():
+            return
+        session_id = last.recover("session_id") if last.status < 300 else None
+        if session_id is None:
+            note = "a session may have been created; it ends after user_absent_timeout"
+        elif self._end(session_id, "unusable create answer", _grace()):
+            return
+        else:
+            note = f"session {session_id} may still be running"
+        if isinstance(exc, AvaturnError):
+            exc.args = (f"{exc}; {note}", {**exc.args[1], "session_id": session_id})
+            exc.session_id = session_id
+        else:
+            _log.warning("create_session interrupted: %s", note)
 
 
 # --------------------------------------------------------------------------- #
 # Module-level functions (one shared client, following the environment)
 # --------------------------------------------------------------------------- #
 
-_default_client: AvaturnClient | None = None
-_lock = threading.Lock()
-
-# What the shared client is built from; it is rebuilt when these change.
-_CLIENT_VARIABLES = ("AVATURN_API_KEY", "AVATURN_BASE_URL")
-
 
 def create_session(
-    engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
+    engine: Mapping[str, Any] | None = None,
+    *,
+    avatar_id: str | None = None,
+    background: str | None = None,
+    render_model: str | None = None,
+    user_absent_timeout: int | None = None,
+    max_duration: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
 ) -> AvaturnSession:
     """``AvaturnClient.create_session`` on the shared client built from the environment."""
-    return _client().create_session(engine, **options)
+    return _client().create_session(
+        engine,
+        avatar_id=avatar_id,
+        background=background,
+        render_model=render_model,
+        user_absent_timeout=user_absent_timeout,
+        max_duration=max_duration,
+        extra=extra,
+        timeout=timeout,
+        deadline=deadline,
+    )
 
 
-def say(session_id: str, text: str) -> str:
+def say(
+    session_id: str,
+    text: str,
+    *,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
+) -> str:
     """``AvaturnClient.say`` on the shared client built from the environment."""
-    return _client().say(session_id, text)
+    return _client().say(session_id, text, timeout=timeout, deadline=deadline)
 
 
-def terminate_session(session_id: str) -> bool:
+def terminate_session(
+    session_id: str,
+    *,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
+) -> bool:
     """``AvaturnClient.terminate_session`` on the shared client built from the environment."""
-    return _client().terminate_session(session_id)
+    return _client().terminate_session(session_id, timeout=timeout, deadline=deadline)
 
 
 def session(
@@ -856,23 +941,41 @@ def session(
     return _client().session(engine, **options)
 
 
-def warm() -> list[str]:
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Bound every call in the block, together, to ``seconds`` from now.
+
+    Each call ends by the earlier of its own deadline and the block's; an inner
+    block can only shorten an outer one. Context-local (a ``ContextVar``): right
+    in threads and greenlets. Also a decorator: ``@av.deadline(20)`` on a view.
+    """
+    expires_at = min(_BUDGET.get(), _now() + _check_seconds(seconds, "seconds"))
+    token = _BUDGET.set(expires_at)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def warm(*, deadline: float | None = None) -> list[str]:
     """Open the connections a first session start needs: once per worker, after fork.
 
     The shared client's, and each minting provider's whose key is set, in
-    parallel; nothing is sent, so nothing is billed. Returns the base URLs it
-    could not reach (logged as WARNINGs); raises only ``ConfigurationError``.
-    Safe twice and in a forked child. Idle past ``KEEPALIVE_EXPIRY``, a
-    connection is opened again by the next call.
+    parallel, each within its connect timeout; nothing is sent, so nothing is
+    billed. Credentials asked for with ``ready=True`` (in this process, or in
+    its parent before fork) are minted ahead in the background. Returns the
+    base URLs it could not reach (logged as WARNINGs); raises only
+    ``ConfigurationError``. Safe twice and in a forked child.
     """
     transports = [_client()._transport]
     for provider, (key_variable, *_) in _MINTERS.items():
         if os.environ.get(key_variable):
-            transports.append(_minter(provider))
+            transports.append(_minter(provider, None, None))
+    _here().ready.fill()
     cold: list[str] = []
 
     def warm_one(transport: _Transport) -> None:
-        if not transport.warm():
+        if not transport.warm(deadline):
             cold.append(transport.base_url)
 
     threads = [threading.Thread(target=warm_one, args=(t,)) for t in transports]
@@ -884,128 +987,199 @@ def warm() -> list[str]:
 
 
 def close_shared_clients() -> None:
-    """Release the connections the module shares (the module-level functions'
-    client, the minting session), e.g. at shutdown; reopened on next use."""
-    global _default_client
-    with _lock:
-        client, _default_client = _default_client, None
-    if client is not None:
-        client.close()
-    _minting_session.close()
+    """Release what the module shares in this process (the module-level
+    functions' client, the minting connections) and stop minting ahead, e.g.
+    at shutdown; all of it is built again on next use."""
+    global _process
+    process, _process = _process, None
+    if process is not None and process.pid == os.getpid():
+        process.ready.stop()
+        client = process.client
+        for transport in [
+            *process.minters.values(),
+            *([client._transport] if client else []),
+        ]:
+            transport.close()
 
 
 def _client() -> AvaturnClient:
-    """The shared client, built from the environment (again when it changes),
-    once even under racing threads."""
-    global _default_client
-    client = _default_client
-    if client is None or client._env != _client_env():
-        with _lock:
-            client = _default_client
-            if client is None or client._env != _client_env():
-                client = _default_client = AvaturnClient()
-                client._env = _client_env()
+    """The shared client, built from one reading of the environment (again
+    when it changes), once even under racing threads."""
+    here = _here()
+    env = (os.environ.get("AVATURN_API_KEY"), os.environ.get("AVATURN_BASE_URL"))
+    client = here.client
+    if client is None or client._env != env:
+        with here.lock:
+            client = here.client
+            if client is None or client._env != env:
+                client = AvaturnClient(
+                    env[0] or "", base_url=env[1] or DEFAULT_BASE_URL
+                )
+                client._env, here.client = env, client
     return client
 
 
-def _client_env() -> tuple[str | None, ...]:
-    return tuple(map(os.environ.get, _CLIENT_VARIABLES))
+def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transport:
+    """The transport to a minting provider, its key, host and headers read once,
+    here; kept per process, so that mints reuse one connection. Never retried."""
+    key_variable, url_variable, default_url = _MINTERS[provider]
+    auth = _auth(api_key, key_variable)
+    if base_url is None:
+        base_url = os.environ.get(url_variable) or default_url
+    headers = {"Cartesia-Version": _CARTESIA_VERSION}
+    if provider == "openai":
+        headers = {h: os.environ[v] for h, v in _OPENAI_HEADERS if os.environ.get(v)}
+    for header, value in headers.items():
+        if not _KEY_CHARS.fullmatch(value):
+            raise ConfigurationError(f"{header} must be printable ASCII without spaces")
+    minters = _here().minters
+    key = (auth.key, base_url, tuple(headers.items()))
+    minter = minters.get(key)
+    if minter is None:
+        if len(minters) >= _MAX_READY:
+            minters.clear()  # dropped, not closed: another thread may be minting
+        minter = minters[key] = _Transport(auth, base_url, headers=headers)
+    return minter
 
 
 # --------------------------------------------------------------------------- #
-# Transport: one send makes one attempt; the loop decides; one error is built
+# Transport: an attempt leaves facts, the loop decides, one error is built
 # --------------------------------------------------------------------------- #
 
 _GONE = (404, 410)
 # Per request: proxies from the environment are not used (loopback hosts).
 _NO_PROXIES: dict[str, Any] = {"http": None, "https": None, "all": None}
-# What one attempt's I/O raises when no usable answer arrived.
-_TRANSPORT_ERRORS = (
+# What an attempt's I/O raises when no usable answer arrived. Anything else
+# (Ctrl-C, a task's time limit, gevent's Timeout) is the caller's: it goes on.
+_NETWORK_ERRORS = (
+    OSError,
+    ValueError,
     requests.RequestException,
     urllib3.exceptions.HTTPError,
     http.client.HTTPException,
-    OSError,
 )
-_TIMEOUTS = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+_TIMEOUTS = (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)
+
+# The one budget of every call in a ``deadline()`` block: when it ends.
+_BUDGET: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "avaturn_session.deadline", default=math.inf
+)
+
+
+def _expiry(seconds: float) -> float:
+    """When a call of ``seconds`` started now must end: never after its block's."""
+    return min(_now() + seconds, _BUDGET.get())
+
+
+def _grace() -> float:
+    """Until when ending a session may go on, from now (``CLEANUP_GRACE``)."""
+    return _now() + CLEANUP_GRACE
 
 
 class _Payload:
-    """A JSON body as sent, and the credentials inside it; its repr shows neither.
-    What ``json.dumps(allow_nan=False)`` refuses is a ConfigurationError."""
+    """A JSON request body: ``data`` as sent, ``secrets`` (every ``_Secret`` in
+    it) to scrub from errors; its repr shows neither. What json refuses is a
+    ConfigurationError, raised from a frame holding only the hidden copy."""
 
-    def __init__(self, body: Mapping[str, Any]) -> None:
+    def __init__(self, body: Any) -> None:
+        found: list[str] = []
+        body = _hide(body, found)  # from here on, this frame holds only *** values
         problem = None
         try:
             text = json.dumps(
-                body, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+                body,
+                allow_nan=False,
+                ensure_ascii=False,
+                separators=(",", ":"),
+                default=_not_json,
             )
+            self.data = text.encode("utf-8")  # a lone surrogate fails here
         except (TypeError, ValueError, RecursionError) as exc:
-            # Only the reason, raised outside: the exception holds the body.
             problem = _CONTROL.sub(" ", str(exc))[:200]
         if problem is not None:
             raise ConfigurationError(f"the request is not valid JSON: {problem}")
-        if _SURROGATE.search(text):
-            raise ConfigurationError("the request holds text that is not valid Unicode")
-        self.data = text.encode("utf-8")
-        self.body = body
-        # Every string under a secret-named key (or under ``headers``), any depth.
-        found: list[str] = []
-        stack: list[tuple[object, bool]] = [(body, False)]
-        while stack:
-            value, secret = stack.pop()
-            if isinstance(value, str) and secret:
-                found.append(value)
-            elif isinstance(value, Mapping):
-                for key, item in value.items():
-                    hidden = secret or bool(_SECRET_KEY.fullmatch(str(key)))
-                    stack.append((item, hidden))
-            elif isinstance(value, (list, tuple)):
-                stack.extend((item, secret) for item in value)
-        self.secrets = tuple(found)
+        self.body, self.secrets = body, tuple(found)
 
     def __repr__(self) -> str:
         return f"<_Payload {len(getattr(self, 'data', b''))} bytes>"
 
 
-class _Result:
-    """What one attempt got: a status, headers and a bounded body, or a failure
-    (``status`` 0, with the reason and whether the request may have been sent).
-    Its repr shows no content."""
+_T = TypeVar("_T")
+
+
+class _Attempt(urllib3.Timeout):
+    """One attempt of a call. Handed to requests as its ``timeout``, it travels
+    with the request down to our connections (no thread-local, no global): in,
+    the deadline and each step's timeout; out, the facts where they happen
+    (bytes of the request written), then the answer (status, headers, the body
+    read so far), a failure, or the caller's interruption. Its repr shows none."""
 
     def __init__(
-        self,
-        method: str,
-        path: str,
-        status: int = 0,
-        headers: Mapping[str, str] | None = None,
-        *,
-        failure: str | None = None,
-        sent: bool = True,
-        timed_out: bool = False,
+        self, method: str, path: str, expires_at: float, timeouts: tuple[float, float]
     ) -> None:
-        self.method, self.path, self.status = method, path, status
-        self.headers: Mapping[str, str] = {} if headers is None else headers
-        self.body = b""
-        # Why a 2xx body cannot be used (too large, compressed), if it cannot.
-        self.problem: str | None = None
-        self.failure, self.sent, self.timed_out = failure, sent, timed_out
-        # Set by the loop: an earlier attempt may have reached the server and acted.
-        self.acted_before = False
+        left = expires_at - _now()  # what urllib3 reads (a caller's http_session)
+        super().__init__(
+            total=left if left > 0 else None, connect=timeouts[0], read=timeouts[1]
+        )
+        self.method, self.path, self.expires_at, self.timeouts = (
+            method,
+            path,
+            expires_at,
+            timeouts,
+        )
+        # Bytes of the request written to a socket, counted where they are
+        # written; None: handed to an adapter that does not count (maybe sent).
+        self.sent: int | None = 0
+        self.status = 0
+        self.headers: Mapping[str, str] = {}
+        self.body = bytearray()
+        self.problem: str | None = None  # why a 2xx body cannot be used
+        self.failure: str | None = None  # why no (whole) answer arrived
+        self.timed_out = False
+        self.error: AvaturnError | None = None  # built once, when the loop gives up
+        self.interrupt: BaseException | None = None
+        self.acted_before = False  # an earlier attempt of the call may have acted
 
-    def __repr__(self) -> str:
-        size = len(getattr(self, "body", b""))
-        return f"<_Result status={getattr(self, 'status', None)} body={size} bytes>"
+    @property
+    def request_sent(self) -> bool:
+        return self.sent != 0
+
+    def wait(self, seconds: float) -> float:
+        """What one blocking step may wait: ``seconds``, cut to what is left of
+        the deadline (the one clock); nothing at all once it has passed."""
+        left = self.expires_at - _now()
+        if left <= 0:
+            raise TimeoutError("deadline exceeded")
+        return min(seconds, left)
+
+    def may_have_acted(self) -> bool:
+        """Whether the server may have done the work of this attempt."""
+        if self.failure is not None or self.interrupt is not None:
+            return self.request_sent
+        return 200 <= self.status < 300 or (self.status >= 500 and self.status != 503)
 
     def label(self) -> str:
         """What happened, for a log line: a status, or the failure's kind (no server text)."""
         if self.failure is not None:
             return "timeout" if self.timed_out else "connection error"
-        return _status_text(self.status)
+        return "interrupted" if self.interrupt else _status_text(self.status)
+
+    def check(self) -> None:
+        """Raise what ended the call: the caller's interruption, or the typed error."""
+        if self.interrupt is not None:
+            raise self.interrupt
+        if self.error is not None:
+            raise self.error
 
     def json_object(self) -> dict[str, Any]:
-        """The JSON object of this 2xx answer, else APIResponseError."""
+        """The JSON object of this 2xx answer (secret-named strings hidden)."""
+        self.check()
         try:  # a UnicodeDecodeError is a ValueError too
-            fields = None if self.problem else json.loads(self.body.decode())
+            fields = (
+                None
+                if self.problem
+                else json.loads(self.body, object_pairs_hook=_hidden)
+            )
         except (ValueError, RecursionError):
             fields = None
         if not isinstance(fields, dict):
@@ -1028,27 +1202,34 @@ class _Result:
             path=self.path,
         )
 
+    def recover(self, name: str) -> str | None:
+        """``name``'s value in the bytes read, however broken the rest: a
+        compressed, cut-off or malformed answer can still name a session."""
+        body = bytes(self.body)
+        if self.headers.get("content-encoding", "").strip().lower() in (
+            "gzip",
+            "deflate",
+        ):
+            import zlib
 
-class _Expired(Exception):
-    """Internal: the call's deadline passed; ``sent`` says whether the request left."""
-
-    def __init__(self, *, sent: bool) -> None:
-        super().__init__("deadline exceeded")
-        self.sent = sent
-
-
-class _CallState(threading.local):
-    """The instant the current thread's call must end by; our connections read it."""
-
-    expires_at = math.inf
-
-
-_call = _CallState()
+            with contextlib.suppress(zlib.error):
+                body = zlib.decompressobj(47).decompress(body, MAX_RESPONSE_BYTES)
+        found = re.search(
+            rb'"%s"\s*:\s*("(?:[^"\\]|\\.){1,256}"|-?[\d.eE+]{1,40})' % name.encode(),
+            body,
+        )
+        if found is None:
+            return None
+        try:
+            value = json.loads(found[1]) if found[1][:1] == b'"' else found[1].decode()
+        except ValueError:
+            return None
+        return value if isinstance(value, str) else None
 
 
 class _Transport:
-    """Requests to one host, with the retry rules, the deadline and the caps; a
-    pooled session of its own unless given one (closed by ``close()``)."""
+    """Requests to one host: the retry rules, the deadline and the caps, on a
+    session of this process's own (fork by pid) unless given one."""
 
     def __init__(
         self,
@@ -1063,16 +1244,14 @@ class _Transport:
         self.auth = auth
         self.base_url = _check_base_url(base_url)
         self.timeout = _check_timeout(timeout)
-        self.deadline = _check_seconds(deadline, "deadline")
+        self.deadline = _check_seconds(deadline)
         self.max_retries = _check_int(max_retries, "max_retries", 0, None)
         if http_session is not None and not isinstance(http_session, requests.Session):
             raise ConfigurationError("http_session must be a requests.Session")
-        self.owns_http = http_session is None
-        self.http = _new_http_session() if http_session is None else http_session
+        self.given, self.own, self.pid = http_session, requests.Session(), -1
         # A proxy from the environment would see a loopback request in clear.
-        self.bypass_proxies = _is_loopback(
-            urllib.parse.urlsplit(self.base_url).hostname
-        )
+        host = urllib.parse.urlsplit(self.base_url).hostname
+        self.proxies = dict(_NO_PROXIES) if _is_loopback(host) else None
         # identity: the body caps count what the server sends, nothing inflates.
         common = {
             "User-Agent": _USER_AGENT,
@@ -1082,189 +1261,171 @@ class _Transport:
         }
         self.headers_plain = common
         self.headers_json = {**common, "Content-Type": "application/json"}
-        if self.owns_http:
-            _OWN_POOLS.add(self)
 
     def __repr__(self) -> str:
         return f"_Transport(base_url={getattr(self, 'base_url', None)!r})"
 
+    @property
+    def http(self) -> requests.Session:
+        """The session to send through: the caller's, else this process's own. A
+        forked child builds its own, whether or not at-fork handlers ran: it
+        never shares a socket (or a lock) with its parent."""
+        if self.given is not None:
+            return self.given
+        if self.pid != os.getpid():
+            self.own, self.pid = _new_http_session(), os.getpid()
+        return self.own
+
     def close(self) -> None:
-        if self.owns_http:
-            self.http.close()
+        if self.pid == os.getpid():
+            self.own.close()
+
+    def expiry(self, deadline: object) -> float:
+        """When a call starting now must end (``deadline`` None: this transport's)."""
+        return _expiry(self.deadline if deadline is None else _check_seconds(deadline))
 
     def call(
         self,
         method: str,
         path: str,
         payload: _Payload | None = None,
+        timeout: object = None,
+        deadline: object = None,
         *,
+        until: float | None = None,
         gone_ok: bool = False,
-    ) -> _Result:
-        """Send with the retry rules; returns the 2xx answer (or, with
-        ``gone_ok``, the 404/410). Raises the typed error, built once, when
-        the loop gives up."""
-        expires_at = _now() + self.deadline
-        attempt = 0
-        acted = False
+        trail: list[_Attempt] | None = None,
+    ) -> _Attempt:
+        """Send with the retry rules; returns the last attempt: a 2xx answer (or,
+        with ``gone_ok``, a 404/410), or one carrying the typed error (built once,
+        here, when the loop gives up) or the caller's interruption. ``until``
+        replaces the deadline; ``trail`` collects every attempt as it starts."""
+        timeouts = self.timeout if timeout is None else _check_timeout(timeout)
+        expires_at = self.expiry(deadline) if until is None else until
+        trail = [] if trail is None else trail
         while True:
-            attempt += 1
+            attempt = _Attempt(method, path, expires_at, timeouts)
+            trail.append(attempt)
             started = _now()
-            result = self._send(method, path, payload, expires_at)
+            self._send(payload, attempt)
             if _log.isEnabledFor(logging.DEBUG):
                 took = (
                     method,
                     path,
-                    result.label(),
+                    attempt.label(),
                     (_now() - started) * 1000,
-                    attempt,
+                    len(trail),
                 )
                 _log.debug("%s %s -> %s in %.1f ms (attempt %d)", *took)
-            if 200 <= result.status < 300 or (gone_ok and result.status in _GONE):
-                result.acted_before = acted
-                return result
-            header = result.headers.get("retry-after")
-            retry_after = _parse_retry_after(header) if header else None
-            retry = attempt <= self.max_retries and _should_retry(
-                method, result, retry_after
+            answered = 200 <= attempt.status < 300 or (
+                gone_ok and attempt.status in _GONE
             )
-            delay = _retry_delay(attempt - 1, retry_after) if retry else 0.0
+            if attempt.interrupt is not None or (answered and attempt.failure is None):
+                attempt.acted_before = any(a.may_have_acted() for a in trail[:-1])
+                return attempt
+            retry_after = _parse_retry_after(attempt.headers.get("retry-after") or "")
+            retry = len(trail) <= self.max_retries and _should_retry(
+                method, attempt, retry_after
+            )
+            delay = _retry_delay(len(trail) - 1, retry_after) if retry else 0.0
             # A wait that crosses the deadline is not waited for.
             if not retry or _now() + delay >= expires_at:
-                raise _error(result, retry_after, self.auth, payload)
-            # Whether this attempt may have reached the server and done the work.
-            if result.failure is not None:
-                acted = acted or result.sent
-            else:
-                acted = acted or (result.status >= 500 and result.status != 503)
-            why = (method, path, delay, attempt, self.max_retries, result.label())
+                secrets = (self.auth.key, *(payload.secrets if payload else ()))
+                attempt.error = _error(attempt, retry_after, _known_secrets(secrets))
+                return attempt
+            why = (method, path, delay, len(trail), self.max_retries, attempt.label())
             _log.warning("retrying %s %s in %.2f s (retry %d of %d): %s", *why)
             _sleep(delay)
 
-    def _send(
-        self, method: str, path: str, payload: _Payload | None, expires_at: float
-    ) -> _Result:
-        """One attempt: the answer with its body read (at most its cap), or why
-        there is none. Arms the deadline for exactly this attempt's bytes."""
-        left = expires_at - _now()
-        if left <= 0:
-            return _Result(
-                method, path, failure="deadline exceeded", sent=False, timed_out=True
-            )
-        connect, read = self.timeout
+    def _send(self, payload: _Payload | None, attempt: _Attempt) -> None:
+        """One attempt; what happened is left on ``attempt``. Whatever is raised
+        below stays here: a failure becomes its reason (text), the caller's
+        interruption is kept with its traceback cut, so no frame of requests or
+        of our connections (they hold the request's bytes) is in a traceback."""
         response = None
-        _call.expires_at = expires_at
         try:
+            attempt.wait(math.inf)  # nothing is handed on once the deadline passed
+            attempt.sent = None  # unknown, unless our connections count it
             response = self.http.request(
-                method,
-                self.base_url + path,
+                attempt.method,
+                self.base_url + attempt.path,
                 data=None if payload is None else payload.data,
                 headers=self.headers_plain if payload is None else self.headers_json,
                 auth=self.auth,
-                timeout=(min(connect, left), min(read, left)),
+                timeout=cast(Any, attempt),  # it travels down to our connections
                 allow_redirects=False,
                 stream=True,
-                proxies=dict(_NO_PROXIES) if self.bypass_proxies else None,
+                proxies=self.proxies,
             )
-            result = _Result(method, path, response.status_code, response.headers)
-            cap = MAX_RESPONSE_BYTES if result.status < 300 else MAX_ERROR_BODY_BYTES
-            encoding = response.headers.get("content-encoding", "identity").strip()
+            attempt.status, attempt.headers = response.status_code, response.headers
+            cap = MAX_RESPONSE_BYTES if attempt.status < 300 else MAX_ERROR_BODY_BYTES
+            encoding = attempt.headers.get("content-encoding", "identity").strip()
             if encoding.lower() not in ("identity", ""):
-                result.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
-                return result
-            chunks: list[bytes] = []
-            size = 0
+                attempt.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
             for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
-                if _now() >= expires_at:  # a caller's session: reads are not bounded
-                    raise _Expired(sent=True)
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > cap:
-                    result.problem = f"body larger than {cap} bytes"
+                attempt.body += chunk
+                if len(attempt.body) > cap:
+                    attempt.problem = f"body larger than {cap} bytes"
                     break
-            result.body = b"".join(chunks)[:cap]
-            return result
-        except _Expired as exc:
-            return _Result(
-                method, path, failure="deadline exceeded", sent=exc.sent, timed_out=True
+                attempt.wait(math.inf)  # a caller's session bounds each read alone
+            del attempt.body[cap:]
+        except _NETWORK_ERRORS as exc:
+            attempt.failure = f"{type(exc).__name__.lstrip('_')}: {exc}"
+            attempt.timed_out = isinstance(exc, _TIMEOUTS) or isinstance(
+                exc.__context__, _TIMEOUTS
             )
-        except _TRANSPORT_ERRORS as exc:  # the reason is redacted in _error
-            reason = f"{type(exc).__name__}: {exc}"
-            sent, timed_out = not _never_sent(exc), isinstance(exc, _TIMEOUTS)
-            return _Result(method, path, failure=reason, sent=sent, timed_out=timed_out)
+        except BaseException as exc:  # noqa: BLE001 - the caller's: Ctrl-C, a time limit
+            exc.__context__ = exc.__cause__ = None
+            attempt.interrupt = exc.with_traceback(None)
         finally:
-            _call.expires_at = math.inf
             if response is not None:
-                # A whole body already put the connection back in the pool; an
-                # unread rest closes it, so it is never reused.
                 response.close()
 
-    def warm(self) -> bool:
-        """Open one keep-alive connection to the host now, sending nothing
-        (only on our own connections; a caller's session is left alone)."""
+    def warm(self, deadline: object = None) -> bool:
+        """Open one keep-alive connection to the host now, sending nothing (only
+        on our own connections; a caller's session is left alone)."""
         url = self.base_url + "/"
         adapter = self.http.get_adapter(url)
         if not isinstance(adapter, _Adapter):
             return True
-        connect = self.timeout[0]
-        _call.expires_at = _now() + connect
+        expires_at = min(self.expiry(deadline), _now() + self.timeout[0])
         try:
-            proxies = dict(_NO_PROXIES) if self.bypass_proxies else None
-            # the pool a request would use: the same proxies, verify and cert
-            env = self.http.merge_environment_settings(url, proxies, None, None, None)
+            # the route a request would take: the same proxies, verify and cert
+            env = self.http.merge_environment_settings(
+                url, self.proxies, None, None, None
+            )
             request = requests.Request("GET", url).prepare()
-            pool = adapter.get_connection_with_tls_context(
+            route = adapter.get_connection_with_tls_context(
                 request, env["verify"], env["proxies"], env["cert"]
             )
-            conn = pool._get_conn()  # type: ignore[attr-defined]
-            try:
-                if conn.is_closed:
-                    conn.timeout = connect
-                    conn.connect()
-            finally:
-                pool._put_conn(conn)  # type: ignore[attr-defined]
-        except (_Expired, *_TRANSPORT_ERRORS) as exc:
+            if isinstance(route, _Route) and not route.checkout():
+                attempt = _Attempt("GET", "/", expires_at, self.timeout)
+                route.checkin(route.connect(attempt), "")
+        except _NETWORK_ERRORS as exc:
             reason = _redact(f"{type(exc).__name__}: {exc}", (self.auth.key,))
             _log.warning("could not warm %s: %s", self.base_url, reason)
             return False
-        finally:
-            _call.expires_at = math.inf
         return True
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """True when the request certainly did not reach the server."""
-    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.InvalidURL)):
-        return True
-    if isinstance(exc, requests.exceptions.InvalidHeader):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    # Refused, DNS, connect timeout (urllib3 2's NewConnectionError is one too).
-    return isinstance(exc, requests.ConnectionError) and isinstance(
-        reason, urllib3.exceptions.ConnectTimeoutError
-    )
 
 
 def _error(
-    result: _Result,
-    retry_after: float | None,
-    auth: _BearerAuth,
-    payload: _Payload | None,
+    attempt: _Attempt, retry_after: float | None, secrets: Sequence[str]
 ) -> AvaturnError:
     """The typed, redacted error for the attempt the loop gave up on."""
-    method, path = result.method, result.path
-    secrets = _known_secrets((auth.key, *(payload.secrets if payload else ())))
-    if result.failure is not None:
-        kind = APITimeoutError if result.timed_out else APIConnectionError
-        what = "timed out" if result.timed_out else "failed"
+    method, path, status = attempt.method, attempt.path, attempt.status
+    if attempt.failure is not None:
+        kind = APITimeoutError if attempt.timed_out else APIConnectionError
+        what = "timed out" if attempt.timed_out else "failed"
+        reason = _redact(attempt.failure, secrets)
         return kind(
-            f"{method} {path} {what}: {_redact(result.failure, secrets)}",
+            f"{method} {path} {what}: {reason}",
             method=method,
             path=path,
-            request_sent=result.sent,
+            request_sent=attempt.request_sent,
         )
-    if result.status < 400:  # a redirect
-        return result.unusable("a redirect, not followed (check the base URL)")
-    text = result.body.decode("utf-8", errors="replace")
+    if status < 400:  # a redirect, or an informational answer a caller's adapter kept
+        return attempt.unusable("a redirect, not followed (check the base URL)")
+    text = bytes(attempt.body).decode("utf-8", errors="replace")
     try:
         body = _redact_json(json.loads(text), secrets)
     except (ValueError, RecursionError):
@@ -1273,17 +1434,21 @@ def _error(
     detail = next(
         (fields[k] for k in ("detail", "message", "error") if k in fields), body
     )
-    request_id = result.headers.get("x-request-id")
+    request_id = attempt.headers.get("x-request-id")
     if request_id is not None:
         request_id = _redact(request_id, secrets, limit=100) or None
-    return _error_class(result.status)(
-        status_code=result.status,
+    message = _status_text(status) + (f" (request {request_id})" if request_id else "")
+    rendered = _render_detail(detail)
+    return _error_class(status)(
+        f"{message}: {rendered}" if rendered else message,
+        status_code=status,
         detail=detail,
         request_id=request_id,
         method=method,
         path=path,
         body=body,
         retry_after=retry_after,
+        errors=list(detail) if isinstance(detail, list) else [],
     )
 
 
@@ -1309,13 +1474,13 @@ def _error_class(status: int) -> type[APIStatusError]:
 
 
 class _BearerAuth(requests.auth.AuthBase):
-    """Sets ``Authorization: Bearer``; keeps the key out of reprs and session headers."""
+    """Sets ``Authorization: Bearer`` per request; the key only ever as a ``_Secret``."""
 
     def __init__(self, key: str) -> None:
-        self.key = key
+        self.key = _Secret(key)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = "Bearer " + self.key
+        request.headers["Authorization"] = _Secret("Bearer " + self.key)
         return request
 
     def __repr__(self) -> str:
@@ -1323,11 +1488,9 @@ class _BearerAuth(requests.auth.AuthBase):
 
 
 def _new_http_session() -> requests.Session:
-    """A requests session sized for a threaded web app, on our connections, refusing cookies."""
+    """A requests session on our connections, refusing cookies."""
     http_session = requests.Session()
-    adapter = _Adapter(
-        pool_connections=4, pool_maxsize=DEFAULT_POOL_MAXSIZE, max_retries=0
-    )
+    adapter = _Adapter()
     http_session.mount("https://", adapter)
     http_session.mount("http://", adapter)
     # A cookie set for one user's request must not ride along on another's.
@@ -1337,177 +1500,515 @@ def _new_http_session() -> requests.Session:
     return http_session
 
 
-# -- our connections: the deadline over name resolution, sending and every read #
+# -- our connections: every step on the attempt's clock, sent bytes counted -- #
 
 
-class _Reader(socket.SocketIO):
-    """A response's socket reads: none starts after the call's deadline, none
-    waits past it. (requests' read timeout bounds each read alone, so a server
-    trickling a byte a second could otherwise hold a worker for minutes.)"""
-
-    expires_at = math.inf
-    read_timeout: float | None = None
-
-    def readinto(self, buffer: Any) -> int | None:
-        left = self.expires_at - _now()
-        if left <= 0:
-            raise _Expired(sent=True)
-        by_deadline = self.read_timeout is None or left < self.read_timeout
-        self._sock.settimeout(left if by_deadline else self.read_timeout)  # type: ignore[attr-defined]
-        try:
-            return super().readinto(buffer)
-        except TimeoutError:
-            if by_deadline:
-                raise _Expired(sent=True) from None
-            raise
+class _ProtocolError(ConnectionError):
+    """The server broke HTTP/1.1: a bad status line or header, conflicting
+    lengths, an answer cut off."""
 
 
-class _Response(http.client.HTTPResponse):
-    """http.client's response, reading through ``_Reader``."""
-
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        # socket.makefile's reader (it holds the socket open), made ours.
-        reader = self.fp.raw
-        if type(reader) is socket.SocketIO:
-            reader.__class__ = _Reader
-            reader = cast(_Reader, reader)
-            reader.expires_at = _call.expires_at
-            reader.read_timeout = sock.gettimeout()
-
-
-class _Connection(urllib3.connection.HTTPConnection):
-    """urllib3's connection, bounded by the calling thread's deadline; not
-    reused once idle past ``KEEPALIVE_EXPIRY``."""
-
-    response_class = _Response
-    reusable_until = math.inf
-
-    def _new_conn(self) -> socket.socket:
-        # getaddrinfo cannot be interrupted: it runs in a helper thread that
-        # is waited for only until the deadline (then left to finish alone).
-        host = self._dns_host
-        found: list[Any] = []
-        lookup = threading.Thread(
-            target=_lookup, args=(host, self.port, found), daemon=True
-        )
-        lookup.start()
-        lookup.join(max(0.0, _call.expires_at - _now()))
-        if not found:
-            raise _Expired(sent=False)
-        if isinstance(found[0], Exception):
-            raise urllib3.exceptions.NameResolutionError(self.host, self, found[0])  # type: ignore[arg-type]
-        errors: list[Exception] = []
-        for *_, address in found[0]:
-            if _now() >= _call.expires_at:
-                raise _Expired(sent=False)
-            self._dns_host = address[0]
-            try:
-                sock = super()._new_conn()
-            except urllib3.exceptions.ConnectTimeoutError as exc:  # refused too
-                errors.append(exc)
-                continue
-            finally:
-                self._dns_host = host
-            self.reusable_until = _now() + KEEPALIVE_EXPIRY
-            return sock
-        raise errors[-1]
-
-    def send(self, data: Any) -> None:
-        if self.sock is None:
-            self.connect()  # http.client would connect inside send: first, here
-        if _now() >= _call.expires_at:
-            raise _Expired(sent=False)  # nothing goes out after the deadline
-        super().send(data)
-
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        response = super().getresponse()
-        # Idle time counts from here; a server's shorter Keep-Alive timeout wins.
-        match = _KEEP_ALIVE_TIMEOUT.search(response.headers.get("keep-alive", ""))
-        expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
-        self.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
-        return response
-
-    @property
-    def is_connected(self) -> bool:
-        if self.sock is None or _now() >= self.reusable_until:
-            return False
-        if not urllib3.util.wait_for_read(self.sock, timeout=0.0):
-            return True
-        # Readable while idle: the server closed it, or (TLS 1.3, a connection
-        # warmed but not used yet) sent its session tickets: read to tell.
-        timeout = self.sock.gettimeout()
-        try:
-            self.sock.settimeout(0.0)
-            self.sock.recv(1)  # b"": closed; any byte: not an answer of ours
-        except ssl.SSLWantReadError:
-            return True  # only TLS records, now processed
-        except OSError:
-            pass
-        finally:
-            self.sock.settimeout(timeout)
-        return False
-
-
-class _TLSConnection(_Connection, urllib3.connection.HTTPSConnection):
-    """``_Connection`` over TLS."""
-
-
-class _Pool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class _TLSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
-
-
-_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
-_KEEP_ALIVE_TIMEOUT = re.compile(r"timeout=(\d{1,6})")
+def _io(
+    attempt: _Attempt,
+    sock: socket.socket,
+    seconds: float,
+    step: Callable[..., _T],
+    *args: Any,
+) -> _T:
+    """One blocking step on ``sock``: it waits at most ``seconds``, and never
+    past the attempt's deadline. Every socket step of ours goes through here."""
+    sock.settimeout(attempt.wait(seconds))
+    return step(*args)
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter on our connections (direct and through HTTP proxies)."""
+    """requests' adapter, on this module's HTTP/1.1 connections (``_Route``);
+    through an HTTPS or SOCKS proxy, urllib3's own (not counted: maybe sent)."""
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
+    def __init__(self) -> None:
+        super().__init__(pool_connections=1, max_retries=0)
+        self.idle: dict[tuple[Any, ...], list[_Conn]] = {}
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS has connections of its own
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
+    def get_connection_with_tls_context(
+        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
+    ) -> Any:
+        proxy = requests.utils.select_proxy(request.url, proxies)
+        proxy = proxy if not proxy or "://" in proxy else "http://" + proxy
+        if proxy and not proxy.lower().startswith("http://"):
+            return super().get_connection_with_tls_context(
+                request, verify, proxies, cert
+            )
+        return _Route(self, request.url, proxy, verify, cert)
 
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if not isinstance(conn, _Route):  # ours is set up by _tls_context
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
 
-def _lookup(host: str, port: int, found: list[Any]) -> None:
-    """getaddrinfo for ``_Connection``, run in a helper thread."""
-    try:
-        found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-    except (OSError, UnicodeError) as exc:
-        found.append(exc)
-
-
-# The pooled session every mint of this process sends through.
-_minting_session = _new_http_session()
-
-# -- fork safety -------------------------------------------------------------- #
-
-# Transports with a pool of their own; each gets a fresh pool in a forked child.
-_OWN_POOLS: weakref.WeakSet[_Transport] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """A forked child shares no connection or lock with its parent. The
-    parent's pools are dropped, never closed: nothing of theirs is used here."""
-    global _lock, _minting_session
-    _lock = threading.Lock()
-    _minting_session = _new_http_session()
-    for transport in list(_OWN_POOLS):
-        transport.http = _new_http_session()
+    def close(self) -> None:
+        super().close()
+        for idle in list(self.idle.values()):
+            while idle:
+                idle.pop().close()
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+class _Route:
+    """Where a request goes (scheme, host, port, proxy, TLS settings), the
+    idle connections there, and how to open one: what requests calls a pool."""
+
+    def __init__(
+        self, adapter: _Adapter, url: str, proxy: str | None, verify: Any, cert: Any
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.tls, self.host = parts.scheme == "https", parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.netloc, self.verify, self.cert = parts.netloc, verify, cert
+        self.proxy = urllib.parse.urlsplit(proxy) if proxy else None
+        key = (parts.scheme, self.host, self.port, proxy, verify, str(cert))
+        self.idle = adapter.idle.setdefault(key, [])
+
+    def urlopen(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: Any = None,
+        timeout: Any = None,
+        **_: Any,
+    ) -> _Answer:
+        """Write the request on an idle connection or a new one; the answer's head read."""
+        attempt = cast(_Attempt, timeout)  # requests passes our _Attempt through
+        attempt.sent = 0  # counted from here, by _Conn.write
+        conn = self.checkout() or self.connect(attempt)
+        lines = [f"{method} {url} HTTP/1.1", f"Host: {self.netloc}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        try:
+            conn.write(
+                attempt,
+                "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (body or b""),
+            )
+            return _Answer(self, conn, attempt)
+        except BaseException:
+            conn.close()
+            raise
+
+    def checkout(self) -> _Conn | None:
+        """An idle connection still open and fresh, if there is one."""
+        while self.idle:
+            try:
+                conn = self.idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if conn.alive():
+                return conn
+            conn.close()
+        return None
+
+    def checkin(self, conn: _Conn, keep_alive: str) -> None:
+        """Keep ``conn`` for reuse; idle time counts from now."""
+        match = _KEEP_ALIVE_TIMEOUT.search(keep_alive)
+        expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
+        conn.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
+        if len(self.idle) < DEFAULT_POOL_MAXSIZE:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def connect(self, attempt: _Attempt) -> _Conn:
+        """A new connection: resolve, connect to each address in turn, tunnel
+        through the proxy, the TLS handshake; each step on the attempt's clock."""
+        if self.proxy is not None:
+            host, port = self.proxy.hostname or "", self.proxy.port or 80
+        else:
+            host, port = self.host, self.port
+        error: OSError = _ProtocolError(f"{host} has no address")
+        for family, kind, proto, _, address in _resolve(attempt, host, port):
+            sock = socket.socket(family, kind, proto)
+            try:
+                _io(attempt, sock, attempt.timeouts[0], sock.connect, address)
+                break
+            except OSError as exc:
+                sock.close()
+                error = exc
+        else:
+            raise error
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Conn(sock)
+        try:
+            if self.proxy is not None:
+                self.tunnel(conn, attempt)
+            if self.tls:
+                context = _tls_context(self.verify, self.cert)
+                conn.sock = context.wrap_socket(
+                    sock, server_hostname=self.host, do_handshake_on_connect=False
+                )
+                _io(attempt, conn.sock, attempt.timeouts[0], conn.sock.do_handshake)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def tunnel(self, conn: _Conn, attempt: _Attempt) -> None:
+        """Ask the HTTP proxy for a tunnel (CONNECT): not the request, not counted."""
+        assert self.proxy is not None
+        target = (
+            f"[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"{self.host}:{self.port}"
+        )
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if self.proxy.username is not None:
+            import base64
+
+            user, password = requests.utils.get_auth_from_url(self.proxy.geturl())
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            lines.append(f"Proxy-Authorization: Basic {basic}")
+        conn.write(
+            attempt, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), counted=False
+        )
+        _, status, _, _ = conn.head(attempt)
+        if status != 200:
+            raise _ProtocolError(f"the proxy refused a tunnel to {target}: {status}")
+
+
+class _Conn:
+    """One HTTP/1.1 connection: the socket, bytes read past what was asked for,
+    and until when it may be reused."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer, self.reusable_until = sock, bytearray(), math.inf
+
+    def write(self, attempt: _Attempt, data: bytes, counted: bool = True) -> None:
+        """Write all of ``data``; the bytes of the request are counted as written."""
+        view = memoryview(data)
+        while view:
+            written = _io(attempt, self.sock, attempt.timeouts[1], self.sock.send, view)
+            if counted:
+                attempt.sent = (attempt.sent or 0) + written
+            view = view[written:]
+
+    def fill(self, attempt: _Attempt) -> bool:
+        """Read what the socket has (at least a byte); False at its end."""
+        data = _io(attempt, self.sock, attempt.timeouts[1], self.sock.recv, _READ_CHUNK)
+        self.buffer += data
+        return bool(data)
+
+    def read(self, attempt: _Attempt, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" at the end of the stream."""
+        if not self.buffer:
+            self.fill(attempt)
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def readline(self, attempt: _Attempt) -> bytes:
+        """One line, through its LF: at most ``_MAX_LINE`` bytes, and whole."""
+        while (end := self.buffer.find(b"\n") + 1) == 0:
+            if len(self.buffer) > _MAX_LINE:
+                raise _ProtocolError("the answer has a line too long")
+            if not self.fill(attempt):
+                raise _ProtocolError("the connection closed in the middle of the answer")
+        if end > _MAX_LINE:
+            raise _ProtocolError("the answer has a line too long")
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end]
+        return line
+
+    def head(self, attempt: _Attempt) -> tuple[bytes, int, str, dict[str, str]]:
+        """An answer's status line and header fields."""
+        match = _STATUS_LINE.fullmatch(self.readline(attempt))
+        if match is None:
+            raise _ProtocolError("the answer has no HTTP/1.x status line")
+        reason = (match[3] or b"").decode("latin-1").strip()
+        return match[1], int(match[2]), reason, self.fields(attempt)
+
+    def fields(self, attempt: _Attempt) -> dict[str, str]:
+        """Header (or trailer) fields up to the blank line, names lowercased,
+        repeated ones joined by commas; ``_MAX_HEAD_BYTES`` in all."""
+        fields: dict[str, str] = {}
+        size = 0
+        while (line := self.readline(attempt)) not in (b"\r\n", b"\n"):
+            size += len(line)
+            name, colon, value = line.partition(b":")
+            if size > _MAX_HEAD_BYTES or not colon or not _FIELD_NAME.fullmatch(name):
+                raise _ProtocolError("the answer's header fields are malformed or too large")
+            key, text = name.decode().lower(), value.strip().decode("latin-1")
+            fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        return fields
+
+    def alive(self) -> bool:
+        """Idle, fresh, and still open: nothing to read (or only TLS records)."""
+        if self.buffer or _now() >= self.reusable_until:
+            return False
+        try:
+            self.sock.settimeout(0.0)
+            self.sock.recv(1)  # b"": closed by the server; a byte: not ours to read
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True  # nothing (a TLS 1.3 session ticket, now processed)
+        except OSError:
+            pass
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Answer:
+    """An answer on one of our connections, as requests' ``raw``: status and
+    headers (informational 1xx answers skipped), then a body framed by
+    Content-Length, chunks or the end of the connection."""
+
+    def __init__(self, route: _Route, conn: _Conn, attempt: _Attempt) -> None:
+        self.route, self.attempt = route, attempt
+        self.conn: _Conn | None = conn
+        while True:
+            version, self.status, self.reason, self.headers = conn.head(attempt)
+            if self.status == 101:
+                raise _ProtocolError("the server switched protocols (101)")
+            if self.status >= 200:
+                break
+        coding = self.headers.get("transfer-encoding", "").lower()
+        length = self.headers.get("content-length")
+        lengths = {v.strip() for v in (length or "").split(",")}
+        self.chunked = coding.rsplit(",", 1)[-1].strip() == "chunked"
+        self.left: int | None = None  # body bytes left; None: chunks, or until closed
+        if self.status in (204, 304):
+            self.left = 0
+        elif length is not None and not coding:
+            if len(lengths) != 1 or not re.fullmatch(r"\d{1,18}", next(iter(lengths))):
+                raise _ProtocolError(f"the answer has a bad Content-Length: {length[:40]!r}")
+            self.left = int(lengths.pop())
+        framed = self.left is not None or (self.chunked and length is None)
+        keep = "close" not in self.headers.get("connection", "").lower()
+        self.keep = keep and framed and version == b"HTTP/1.1"
+        self.chunk_left, self.done = 0, self.left == 0
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the body; b"" once all of it has been read."""
+        conn, attempt = self.conn, self.attempt
+        if self.done or conn is None:
+            return b""
+        if self.chunked and self.chunk_left == 0:
+            match = _CHUNK_SIZE.fullmatch(conn.readline(attempt))
+            if match is None:
+                raise _ProtocolError("the answer has a bad chunk size")
+            self.chunk_left = int(match[1], 16)
+            if self.chunk_left == 0:
+                conn.fields(attempt)  # trailers, bounded like headers
+                self.done = True
+                return b""
+        want = self.chunk_left if self.chunked else self.left
+        data = conn.read(attempt, size if want is None else min(size, want))
+        if not data and want is not None:
+            raise _ProtocolError(f"the answer was cut off, {want} bytes short")
+        if self.chunked:
+            self.chunk_left -= len(data)
+            if self.chunk_left == 0 and conn.readline(attempt) not in (b"\r\n", b"\n"):
+                raise _ProtocolError("the answer has a bad chunk end")
+        elif self.left is not None:
+            self.left -= len(data)
+            self.done = self.left == 0
+        else:
+            self.done = not data
+        return data
+
+    def stream(
+        self, amt: int = _READ_CHUNK, decode_content: bool = False
+    ) -> Iterator[bytes]:
+        while chunk := self.read(amt):
+            yield chunk
+
+    def close(self) -> None:
+        """Back to the pool when the answer was read whole and nothing follows it."""
+        conn, self.conn = self.conn, None
+        if conn is not None and self.done and self.keep and not conn.buffer:
+            self.route.checkin(conn, self.headers.get("keep-alive", ""))
+        elif conn is not None:
+            conn.close()
+
+
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[01]) ([1-5]\d\d)(?: ([^\r\n]*))?\r?\n")
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
+_KEEP_ALIVE_TIMEOUT = re.compile(r"timeout=(\d{1,6})")
+
+
+def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
+    """This process's TLS context for requests' ``verify`` and ``cert``:
+    certifi's bundle by default (as requests), or the given CA file or folder."""
+    contexts = _here().contexts
+    context = contexts.get((verify, cert))
+    if context is None:
+        context = ssl.create_default_context()
+        if verify is False:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        else:
+            where = (
+                requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
+            )
+            place = "capath" if os.path.isdir(where) else "cafile"
+            context.load_verify_locations(**{place: where})
+        if cert:
+            context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
+        context.set_alpn_protocols(["http/1.1"])
+        contexts[verify, cert] = context
+    return context
+
+
+class _Lookup:
+    """One name resolution in flight, shared by every caller for that host."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[Any] | BaseException = []
+
+    def run(
+        self, lookups: dict[tuple[str, int], _Lookup], host: str, port: int
+    ) -> None:
+        try:
+            self.result = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            self.result = exc
+        finally:
+            lookups.pop((host, port), None)
+            self.done.set()
+
+
+def _resolve(attempt: _Attempt, host: str, port: int) -> list[Any]:
+    """``getaddrinfo``, waited for at most the connect timeout and the deadline.
+    Callers for one host share one lookup on a daemon thread (a stalled
+    resolver holds one thread per host, never more); with no thread to be had
+    (interpreter shutdown, a thread limit), the caller runs it."""
+    lookups = _here().lookups
+    lookup = lookups.setdefault((host, port), mine := _Lookup())
+    if lookup is mine:
+        try:
+            threading.Thread(
+                target=mine.run, args=(lookups, host, port), daemon=True
+            ).start()
+        except RuntimeError:
+            mine.run(lookups, host, port)
+    if not lookup.done.wait(attempt.wait(attempt.timeouts[0])):
+        raise TimeoutError(f"resolving {host} timed out")
+    if isinstance(lookup.result, BaseException):
+        raise type(lookup.result)(*lookup.result.args)  # a fresh one per caller
+    return lookup.result
+
+
+# -- what a process shares: fork by pid -------------------------------------- #
+
+
+class _Process:
+    """What this process shares: the module-level functions' client, minting
+    transports, name lookups in flight, TLS contexts, ready credentials. A
+    forked child builds its own on first use, whether or not at-fork handlers
+    ran (uWSGI): it never uses its parent's sockets, locks or threads."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.client: AvaturnClient | None = None
+        self.minters: dict[tuple[Any, ...], _Transport] = {}
+        self.lookups: dict[tuple[str, int], _Lookup] = {}
+        self.contexts: dict[tuple[Any, Any], ssl.SSLContext] = {}
+        self.ready = _Ready()
+
+
+_process: _Process | None = None
+
+
+def _here() -> _Process:
+    """This process's shared state (built anew in a forked child)."""
+    global _process
+    if _process is None or _process.pid != os.getpid():
+        _process = _Process()
+    return _process
+
+
+# What each configuration asked for with ``ready=True`` mints with: kept across
+# fork (``warm()`` in a child mints ahead for them), never its credentials.
+_JOBS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+class _Ready:
+    """Credentials minted ahead, at most one per configuration, each handed out
+    once; one helper thread per process mints them, one at a time, off every
+    caller's path. Idle, a configuration costs at most one mint per lifetime."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.values: dict[tuple[Any, ...], tuple[str, float]] = {}
+        self.due: dict[tuple[Any, ...], float] = {}  # next mint, at the earliest
+        self.failing: set[tuple[Any, ...]] = set()
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+
+    def take(self, job: tuple[Any, ...], lifetime: int) -> str | None:
+        """The ready credential for ``job``'s configuration, if fresh enough:
+        taken, so nobody else gets it; its replacement is due at once."""
+        provider, minter, path, payload = job[:4]
+        headers = tuple(minter.headers_json.items())
+        key = (
+            provider,
+            minter.auth.key,
+            minter.base_url,
+            headers,
+            path,
+            payload.data,
+            lifetime,
+        )
+        if key not in _JOBS and len(_JOBS) >= _MAX_READY:
+            return None
+        _JOBS[key] = job
+        with self.cond:
+            value, minted_at = self.values.pop(key, (None, 0.0))
+            self.due[key] = _now()
+            self.wake()
+        if value is not None and _now() - minted_at <= lifetime * (1 - READY_MIN_LIFE):
+            return value
+        return None
+
+    def fill(self) -> None:
+        """Mint ahead now for every configuration known (``warm()``)."""
+        with self.cond:
+            self.due.update(dict.fromkeys(_JOBS, _now()))
+            self.wake()
+
+    def wake(self) -> None:
+        if self.thread is None and not self.stopped:
+            self.thread = threading.Thread(target=self.run, daemon=True)
+            try:
+                self.thread.start()
+            except RuntimeError:  # no thread to be had: callers mint inline
+                self.thread = None
+        self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                now = _now()
+                due = [key for key, when in self.due.items() if when <= now]
+                if self.stopped:
+                    return
+                if not due:
+                    self.cond.wait(min(self.due.values(), default=now + 3600) - now)
+                    continue
+                key = due[0]
+                self.due[key] = now + key[-1]  # idle: one mint per lifetime at most
+            try:
+                value = _mint_now(*_JOBS[key])
+            except Exception as exc:  # noqa: BLE001 - logged once, never raised
+                if key not in self.failing:
+                    _log.warning("could not mint a credential ahead: %s", exc)
+                self.failing.add(key)
+                continue
+            self.failing.discard(key)
+            with self.cond:
+                self.values[key] = (value, now)
 
 
 # --------------------------------------------------------------------------- #
@@ -1515,31 +2016,31 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 # --------------------------------------------------------------------------- #
 
 
-def _should_retry(method: str, result: _Result, retry_after: float | None) -> bool:
+def _should_retry(method: str, attempt: _Attempt, retry_after: float | None) -> bool:
     """Whether a failed attempt may be sent again without risking double work."""
     # Waiting minutes would block the caller's web request.
     if retry_after is not None and retry_after > MAX_RETRY_AFTER:
         return False
-    # The request never reached the server (refused, DNS, connect timeout): safe for all.
-    if result.failure is not None and not result.sent:
+    # Not one byte of the request was written (refused, DNS, connect timeout).
+    if attempt.failure is not None and not attempt.request_sent:
         return True
     # 429 and 503: the server turned the request away without doing it.
-    if result.status in (429, 503):
+    if attempt.status in (429, 503):
         return True
     # Past this point the server may have done the work: only DELETE is idempotent.
     if method != "DELETE":
         return False
-    # DELETE: read timeouts, resets and cut-off bodies after sending.
-    if result.failure is not None:
+    # DELETE: read timeouts, resets and cut-off answers after sending.
+    if attempt.failure is not None:
         return True
     # DELETE: transient server and gateway failures.
-    return result.status in (500, 502, 504)
+    return attempt.status in (500, 502, 504)
 
 
 def _retry_delay(retries_done: int, retry_after: float | None) -> float:
     """Seconds before the next attempt: the jittered backoff, or the server's
     ``Retry-After`` when longer (so ``Retry-After: 0`` is never a hot loop)."""
-    backoff = min(INITIAL_RETRY_DELAY * 2.0**retries_done, MAX_RETRY_DELAY)
+    backoff = min(INITIAL_RETRY_DELAY * 2.0 ** min(retries_done, 32), MAX_RETRY_DELAY)
     backoff *= 1 - _JITTER * _random()
     return backoff if retry_after is None else max(retry_after, backoff)
 
@@ -1547,13 +2048,18 @@ def _retry_delay(retries_done: int, retry_after: float | None) -> float:
 # The clock every deadline is measured on, the one way this module waits, and
 # the jitter's randomness: module attributes, so that tests can patch them.
 _now = time.monotonic
-_sleep = time.sleep
 _random = random.random
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # looked up now: gevent's, when it patched after import
 
 
 def _parse_retry_after(value: str, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP date); None if bad."""
     value = value.strip()[:64]
+    if not value:
+        return None
     try:
         seconds = float(value)
     except ValueError:
@@ -1572,7 +2078,7 @@ def _parse_retry_after(value: str, now: float | None = None) -> float | None:
 
 
 # --------------------------------------------------------------------------- #
-# Validation
+# Validation (of hidden copies: no frame here holds a plain secret)
 # --------------------------------------------------------------------------- #
 
 # Required non-empty string fields of the engine types the library knows.
@@ -1583,9 +2089,7 @@ _ENGINE_REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def _build_create_body(
-    engine: Mapping[str, Any] | None, options: _CreateOptions
-) -> dict[str, Any]:
+def _build_create_body(engine: Any, options: dict[str, Any]) -> dict[str, Any]:
     """Validate the create options; the JSON body with only the fields that were set."""
     given: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     extra = given.pop("extra", {})
@@ -1598,7 +2102,7 @@ def _build_create_body(
         elif name in _LIMITS:
             _check_int(value, name, *_LIMITS[name])
         body[name] = value
-    if not isinstance(extra, Mapping):
+    if not isinstance(extra, dict):
         raise ConfigurationError("extra must be a mapping of top-level fields")
     for key, value in extra.items():
         if not isinstance(key, str) or not key:
@@ -1610,44 +2114,42 @@ def _build_create_body(
     return body
 
 
-def _check_engine(engine: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate an engine mapping; returns a shallow copy. Unknown types pass through."""
-    if not isinstance(engine, Mapping):
+def _check_engine(engine: Any) -> dict[str, Any]:
+    """A valid engine (a hidden copy, as ``_hide`` makes); unknown types pass through."""
+    if not isinstance(engine, dict):
         raise ConfigurationError("engine must be a mapping with a 'type'")
     kind = engine.get("type")
     if not isinstance(kind, str) or not kind:
         raise ConfigurationError("engine needs a non-empty string 'type'")
     for name in _ENGINE_REQUIRED.get(kind, ()):
         value = engine.get(name)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or _SURROGATE.search(value):
             raise ConfigurationError(f"{kind} engine needs a non-empty string {name!r}")
     if kind == "text-echo":
         tts = engine.get("tts")
-        voice = tts.get("voice_id") if isinstance(tts, Mapping) else None
+        voice = tts.get("voice_id") if isinstance(tts, dict) else None
         if not isinstance(voice, str) or not voice:
             raise ConfigurationError("text-echo engine needs a non-empty tts.voice_id")
     if kind == "external":
         parts = _split_url(engine["url"], "external engine url")
         if parts.scheme not in ("ws", "wss") or not parts.netloc:
             raise ConfigurationError("external engine url must be ws:// or wss://")
-        if engine.get("headers") is not None:
-            _check_headers(engine["headers"])
+        headers = engine.get("headers")
+        if headers is not None and not (
+            isinstance(headers, dict)
+            and all(
+                isinstance(k, str) and k and isinstance(v, str)
+                for k, v in headers.items()
+            )
+            and not any(_CONTROL.search(k + v) for k, v in headers.items())
+        ):
+            raise ConfigurationError("external engine headers must be plain strings")
         audio = engine.get("audio")
         if audio is not None:
-            user = audio.get("user") if isinstance(audio, Mapping) else None
-            rate = user.get("sample_rate") if isinstance(user, Mapping) else None
+            user = audio.get("user") if isinstance(audio, dict) else None
+            rate = user.get("sample_rate") if isinstance(user, dict) else None
             _check_int(rate, "user_sample_rate", 1, None)
-    return dict(engine)
-
-
-def _check_headers(headers: object) -> None:
-    """A mapping of header names to values, both strings without line breaks."""
-    if not isinstance(headers, Mapping):
-        raise ConfigurationError("external engine headers must be a mapping")
-    for name, value in headers.items():
-        text = isinstance(name, str) and isinstance(value, str) and name
-        if not text or _CONTROL.search(name + value):
-            raise ConfigurationError("external engine headers must be plain strings")
+    return engine
 
 
 def _check_text(value: object, name: str) -> str:
@@ -1671,13 +2173,16 @@ def _check_int(value: object, name: str, low: int, high: int | None) -> int:
 
 
 def _auth(given: str | None, variable: str) -> _BearerAuth:
-    """The API key from the argument or the environment, checked, and wrapped at
-    once: no frame of ours holds an environment key in a plain local."""
-    auth = _BearerAuth(given if given is not None else os.environ.get(variable, ""))
+    """The API key from the argument (even an empty one), else the environment;
+    masked at once: from its first line, this frame holds only ``***``."""
+    if given is not None and not isinstance(given, str):
+        raise ConfigurationError("the API key must be a string")
+    auth, given = (
+        _BearerAuth(os.environ.get(variable, "") if given is None else given),
+        None,
+    )
     if not auth.key:
         raise ConfigurationError(f"no API key: pass api_key or set {variable}")
-    if not isinstance(auth.key, str):
-        raise ConfigurationError("the API key must be a non-empty string")
     if not _KEY_CHARS.fullmatch(auth.key):
         raise ConfigurationError("the API key has whitespace or odd characters")
     return auth
@@ -1712,6 +2217,7 @@ def _check_base_url(url: object) -> str:
     root = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
     try:  # what requests itself would refuse at send time (bad IDNA host, ...)
         requests.PreparedRequest().prepare_url(root + _PATH_SESSIONS, None)
+        root.encode("ascii")
     except (requests.RequestException, ValueError):
         raise ConfigurationError("base_url is not a valid URL") from None
     return root
@@ -1731,13 +2237,15 @@ def _check_timeout(timeout: object) -> tuple[float, float]:
     if timeout is None:
         raise ConfigurationError("timeout must not be None: no call may hang forever")
     if isinstance(timeout, tuple) and len(timeout) == 2:
-        connect, read = timeout
-        return (_check_seconds(connect, "timeout"), _check_seconds(read, "timeout"))
+        return (
+            _check_seconds(timeout[0], "timeout"),
+            _check_seconds(timeout[1], "timeout"),
+        )
     seconds = _check_seconds(timeout, "timeout")
     return (seconds, seconds)
 
 
-def _check_seconds(value: object, name: str) -> float:
+def _check_seconds(value: object, name: str = "deadline") -> float:
     """Positive seconds, at most a day (NaN, bools and strings refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         value = math.nan  # refused below, as NaN is
@@ -1759,7 +2267,7 @@ def _session_path(session_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- #
-# Redaction
+# Redaction: secrets as _Secret values, scrubbed from anything a server says
 # --------------------------------------------------------------------------- #
 
 _REDACTED = "***"
@@ -1767,10 +2275,10 @@ _REDACTED = "***"
 # real keys and tokens are far longer, and secret-named fields are hidden anyway.
 _MIN_SECRET_CHARS = 4
 
-# Keys whose values are credentials wherever they appear in a JSON document.
-_SECRET_KEY = re.compile(
-    r"client_secret|access_token|api_?key|(session_?)?token|secret|password|"
-    r"authorization|headers",
+# Names whose values are credentials, at any depth, in any case or spelling
+# (client_secret, accessToken, xi_api_key, refresh_token, Authorization, ...).
+_SECRET_NAME = re.compile(
+    r"secret|token|passw|api_?key|^key$|auth|credential|cookie|signature|private|headers",
     re.IGNORECASE,
 )
 # C0 and C1 control characters: a server's ESC or BEL never reaches a terminal.
@@ -1786,6 +2294,67 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # The last session tokens this process received (appends and copies are
 # atomic under the GIL, so no lock): scrubbed from every later error.
 _TOKENS: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
+
+
+class _Secret(str):
+    """A credential: its text everywhere but in ``repr()``, which is ``***``, so
+    that no frame, dict or list holding it shows it (Sentry records by repr)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _REDACTED
+
+
+# What ``_hide`` puts where nesting runs too deep (json then refuses the body).
+_TOO_DEEP = object()
+
+
+def _hide(
+    value: Any, found: list[str] | None = None, hidden: bool = False, depth: int = 0
+) -> Any:
+    """A copy of a JSON-like value: mappings as dicts, sequences as lists, every
+    string under a secret-named key a ``_Secret`` (also collected in ``found``).
+    Never raises: it runs first, so no frame that checks or fails holds a plain
+    secret; nesting deeper than ``_MAX_JSON_DEPTH`` (or a cycle) is cut."""
+    if depth > _MAX_JSON_DEPTH:
+        return _TOO_DEEP
+    if isinstance(value, str):
+        if hidden or isinstance(value, _Secret):
+            value = _Secret(value)
+            if found is not None:
+                found.append(value)
+        return value
+    if isinstance(value, Mapping):
+        return {
+            k: _hide(v, found, hidden or _is_secret_name(k), depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_hide(item, found, hidden, depth + 1) for item in value]
+    return value
+
+
+def _hidden(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as json.loads reads an answer: secret-named strings hidden."""
+    return {
+        k: _Secret(v) if isinstance(v, str) and _is_secret_name(k) else v
+        for k, v in pairs
+    }
+
+
+def _is_secret_name(name: object) -> bool:
+    return isinstance(name, str) and _SECRET_NAME.search(name) is not None
+
+
+def _not_json(value: object) -> NoReturn:
+    """json's ``default``: say what cannot be sent (never its value)."""
+    what = (
+        f"nesting deeper than {_MAX_JSON_DEPTH}"
+        if value is _TOO_DEEP
+        else type(value).__name__
+    )
+    raise TypeError(f"{what} is not JSON")
 
 
 def _known_secrets(extra: Sequence[str | None]) -> list[str]:
@@ -1814,16 +2383,17 @@ def _redact(
 def _redact_json(
     value: Any, secrets: Sequence[str], hidden: bool = False, depth: int = 0
 ) -> Any:
-    """A copy of a JSON value: credentials (by key or value) as ``***``, keys
+    """A copy of a JSON value: credentials (by name or value) as ``***``, keys
     and strings cleaned, nesting cut at ``_MAX_JSON_DEPTH``."""
     if depth > _MAX_JSON_DEPTH:
         return "..."
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            secret = hidden or bool(_SECRET_KEY.fullmatch(key))
             name = _redact(key, secrets, limit=MAX_ERROR_BODY_BYTES)
-            out[name] = _redact_json(item, secrets, secret, depth + 1)
+            out[name] = _redact_json(
+                item, secrets, hidden or _is_secret_name(key), depth + 1
+            )
         return out
     if isinstance(value, list):
         return [_redact_json(item, secrets, hidden, depth + 1) for item in value]
@@ -1834,7 +2404,6 @@ def _redact_json(
     return value
 
 
-# --------------------------------------------------------------------------- #
 # Command line (the core above never refers to anything below)
 # --------------------------------------------------------------------------- #
 
@@ -1958,24 +2527,32 @@ def _cli_create(
         engine = cartesia_engine(_MINTED, args.cartesia_agent)
     elif args.text_echo_voice is not None:
         engine = text_echo_engine(args.text_echo_voice)
-    names = [name for name in _CreateOptions.__annotations__ if name != "extra"]
-    options = cast(_CreateOptions, {name: getattr(args, name) for name in names})
+    realtime: dict[str, Any] = {"model": args.model or "gpt-realtime"}
+    if args.instructions:
+        realtime["instructions"] = args.instructions
+    if args.voice:
+        realtime["audio"] = {"output": {"voice": args.voice}}
+    names = (
+        "avatar_id",
+        "background",
+        "render_model",
+        "user_absent_timeout",
+        "max_duration",
+    )
+    options: Any = {name: getattr(args, name) for name in names}
     # Validate every option before any credential is minted or request is sent.
-    body = _build_create_body(engine, options)
-    _Payload(body)
+    body = _Payload(_build_create_body(_hide(engine), options)).body
     if client is None:  # --dry-run: the request, secrets masked, minted ones named
         root = _check_base_url(os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL)
         shown = _redact_json(body, _known_secrets(_env_keys()))
         for name in ("client_secret", "access_token"):
             if engine is not None and engine.get(name) == _MINTED:
                 shown["conversation_engine"][name] = _MINTED
-        return {"method": "POST", "url": root + _PATH_SESSIONS, "json": shown}
+        request = {"method": "POST", "url": root + _PATH_SESSIONS, "json": shown}
+        if args.openai:  # what the secret would be minted for
+            request["mint"] = {"openai": {"type": "realtime", **realtime}}
+        return request
     if args.openai:
-        realtime: dict[str, Any] = {"model": args.model or "gpt-realtime"}
-        if args.instructions:
-            realtime["instructions"] = args.instructions
-        if args.voice:
-            realtime["audio"] = {"output": {"voice": args.voice}}
         engine = openai_realtime_engine(mint_openai_client_secret(realtime))
     elif args.cartesia_agent is not None:
         engine = cartesia_engine(mint_cartesia_access_token(), args.cartesia_agent)

@@ -101,7 +101,7 @@ def no_env(monkeypatch):
         "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(av, "_default_client", None)
+    monkeypatch.setattr(av, "_process", None)
     av._TOKENS.clear()
     yield
     av.close_shared_clients()
@@ -2679,7 +2679,7 @@ def test_control_characters_never_reach_messages_or_the_cli(
 
 REPR_CLASSES = [
     getattr(av, name) for name in av.__all__ if isinstance(getattr(av, name), type)
-] + [av._Transport, av._Result, av._Payload, av._BearerAuth]
+] + [av._Transport, av._Attempt, av._Payload, av._BearerAuth]
 
 
 @pytest.mark.parametrize("cls", REPR_CLASSES, ids=lambda c: c.__name__)
