@@ -666,9 +666,9 @@ def _mint_with_sdk(
         value = sdk.realtime.client_secrets.create(**payload.body).value
     except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
         # The reason, not the exception: its frames hold the request's headers.
-        failure = _redact(
-            f"{type(exc).__name__}: {exc}", _known_secrets(payload.secrets)
-        )
+        key = _Secret(getattr(client, "api_key", None) or "")  # masked at once
+        secrets = _known_secrets((key, *payload.secrets))
+        failure = _redact(f"{type(exc).__name__}: {exc}", secrets)
     if not isinstance(value, str) or not value:
         raise CredentialError(
             f"openai: could not mint a credential: {failure}", provider="openai"
@@ -870,7 +870,7 @@ class AvaturnClient:
             return
         session_id = last.recover("session_id") if last.status < 300 else None
         if session_id is None:
-            note = "a session may have been created; it ends after user_absent_timeout"
+            note = "a session may have been created (it ends by itself after user_absent_timeout)"
         elif self._end(session_id, "unusable create answer", _grace()):
             return
         else:
@@ -888,29 +888,11 @@ class AvaturnClient:
 
 
 def create_session(
-    engine: Mapping[str, Any] | None = None,
-    *,
-    avatar_id: str | None = None,
-    background: str | None = None,
-    render_model: str | None = None,
-    user_absent_timeout: int | None = None,
-    max_duration: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-    timeout: float | tuple[float, float] | None = None,
-    deadline: float | None = None,
+    engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
 ) -> AvaturnSession:
-    """``AvaturnClient.create_session`` on the shared client built from the environment."""
-    return _client().create_session(
-        engine,
-        avatar_id=avatar_id,
-        background=background,
-        render_model=render_model,
-        user_absent_timeout=user_absent_timeout,
-        max_duration=max_duration,
-        extra=extra,
-        timeout=timeout,
-        deadline=deadline,
-    )
+    """``AvaturnClient.create_session`` (``timeout=``, ``deadline=`` too) on the
+    shared client built from the environment."""
+    return _client().create_session(engine, **options)
 
 
 def say(
@@ -1006,7 +988,8 @@ def _client() -> AvaturnClient:
     """The shared client, built from one reading of the environment (again
     when it changes), once even under racing threads."""
     here = _here()
-    env = (os.environ.get("AVATURN_API_KEY"), os.environ.get("AVATURN_BASE_URL"))
+    key = _Secret(os.environ.get("AVATURN_API_KEY", ""))  # masked at once
+    env = (key, os.environ.get("AVATURN_BASE_URL"))
     client = here.client
     if client is None or client._env != env:
         with here.lock:
@@ -1139,6 +1122,9 @@ class _Attempt(urllib3.Timeout):
         self.error: AvaturnError | None = None  # built once, when the loop gives up
         self.interrupt: BaseException | None = None
         self.acted_before = False  # an earlier attempt of the call may have acted
+
+    def __repr__(self) -> str:
+        return f"<_Attempt {getattr(self, 'method', '')} {getattr(self, 'path', '')}>"
 
     @property
     def request_sent(self) -> bool:
@@ -1370,9 +1356,14 @@ class _Transport:
                 attempt.wait(math.inf)  # a caller's session bounds each read alone
             del attempt.body[cap:]
         except _NETWORK_ERRORS as exc:
-            attempt.failure = f"{type(exc).__name__.lstrip('_')}: {exc}"
-            attempt.timed_out = isinstance(exc, _TIMEOUTS) or isinstance(
-                exc.__context__, _TIMEOUTS
+            # requests wraps what our connections raise: the reason is theirs
+            inner = (
+                exc.__context__ if isinstance(exc, requests.RequestException) else None
+            )
+            inner = inner if isinstance(inner, Exception) else exc
+            attempt.failure = f"{type(inner).__name__.lstrip('_')}: {inner}"
+            attempt.timed_out = isinstance(inner, _TIMEOUTS) or isinstance(
+                exc, _TIMEOUTS
             )
         except BaseException as exc:  # noqa: BLE001 - the caller's: Ctrl-C, a time limit
             exc.__context__ = exc.__cause__ = None
@@ -1398,9 +1389,13 @@ class _Transport:
             route = adapter.get_connection_with_tls_context(
                 request, env["verify"], env["proxies"], env["cert"]
             )
-            if isinstance(route, _Route) and not route.checkout():
-                attempt = _Attempt("GET", "/", expires_at, self.timeout)
-                route.checkin(route.connect(attempt), "")
+            if isinstance(route, _Route):
+                conn = route.checkout()  # one already open goes back as it was
+                if conn is not None:
+                    route.idle.append(conn)
+                else:
+                    attempt = _Attempt("GET", "/", expires_at, self.timeout)
+                    route.checkin(route.connect(attempt), "")
         except _NETWORK_ERRORS as exc:
             reason = _redact(f"{type(exc).__name__}: {exc}", (self.auth.key,))
             _log.warning("could not warm %s: %s", self.base_url, reason)
@@ -1518,7 +1513,11 @@ def _io(
     """One blocking step on ``sock``: it waits at most ``seconds``, and never
     past the attempt's deadline. Every socket step of ours goes through here."""
     sock.settimeout(attempt.wait(seconds))
-    return step(*args)
+    try:
+        return step(*args)
+    except TimeoutError:
+        attempt.wait(seconds)  # the deadline, if it passed: say so
+        raise
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
@@ -1706,7 +1705,9 @@ class _Conn:
             if len(self.buffer) > _MAX_LINE:
                 raise _ProtocolError("the answer has a line too long")
             if not self.fill(attempt):
-                raise _ProtocolError("the connection closed in the middle of the answer")
+                raise _ProtocolError(
+                    "the connection closed in the middle of the answer"
+                )
         if end > _MAX_LINE:
             raise _ProtocolError("the answer has a line too long")
         line = bytes(self.buffer[:end])
@@ -1730,7 +1731,9 @@ class _Conn:
             size += len(line)
             name, colon, value = line.partition(b":")
             if size > _MAX_HEAD_BYTES or not colon or not _FIELD_NAME.fullmatch(name):
-                raise _ProtocolError("the answer's header fields are malformed or too large")
+                raise _ProtocolError(
+                    "the answer's header fields are malformed or too large"
+                )
             key, text = name.decode().lower(), value.strip().decode("latin-1")
             fields[key] = f"{fields[key]}, {text}" if key in fields else text
         return fields
@@ -1775,7 +1778,9 @@ class _Answer:
             self.left = 0
         elif length is not None and not coding:
             if len(lengths) != 1 or not re.fullmatch(r"\d{1,18}", next(iter(lengths))):
-                raise _ProtocolError(f"the answer has a bad Content-Length: {length[:40]!r}")
+                raise _ProtocolError(
+                    f"the answer has a bad Content-Length: {length[:40]!r}"
+                )
             self.left = int(lengths.pop())
         framed = self.left is not None or (self.chunked and length is None)
         keep = "close" not in self.headers.get("connection", "").lower()
@@ -1888,6 +1893,7 @@ def _resolve(attempt: _Attempt, host: str, port: int) -> list[Any]:
         except RuntimeError:
             mine.run(lookups, host, port)
     if not lookup.done.wait(attempt.wait(attempt.timeouts[0])):
+        attempt.wait(attempt.timeouts[0])  # the deadline, if it passed: say so
         raise TimeoutError(f"resolving {host} timed out")
     if isinstance(lookup.result, BaseException):
         raise type(lookup.result)(*lookup.result.args)  # a fresh one per caller

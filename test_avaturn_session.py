@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import ctypes
 import email.utils
 import html
 import importlib
@@ -123,16 +124,19 @@ def closed_port_url() -> str:
 # Public surface
 # --------------------------------------------------------------------------- #
 
+TIMEOUT = "timeout: 'float | tuple[float, float] | None' = None"
+PER_CALL = f"{TIMEOUT}, deadline: 'float | None' = None"
 CREATE_PARAMS = (
     "engine: 'Mapping[str, Any] | None' = None, *, avatar_id: 'str | None' = None, "
     "background: 'str | None' = None, render_model: 'str | None' = None, "
     "user_absent_timeout: 'int | None' = None, max_duration: 'int | None' = None, "
-    "extra: 'Mapping[str, Any] | None' = None"
+    f"extra: 'Mapping[str, Any] | None' = None, {PER_CALL}"
 )
 # The functions that forward create_session's options (typed by _CreateOptions).
 FORWARDED = (
     "engine: 'Mapping[str, Any] | None' = None, **options: 'Unpack[_CreateOptions]'"
 )
+READY = f"ready: 'bool' = False, {PER_CALL}"
 
 SIGNATURES = {
     "openai_realtime_engine": "(client_secret: 'str') -> 'dict[str, Any]'",
@@ -141,37 +145,41 @@ SIGNATURES = {
     "external_engine": "(url: 'str', *, headers: 'Mapping[str, str] | None' = None, "
     "user_sample_rate: 'int | None' = None) -> 'dict[str, Any]'",
     "mint_openai_client_secret": "(session: 'Mapping[str, Any] | None' = None, *, "
-    "expires_in: 'int' = 600, api_key: 'str | None' = None, openai_client: 'Any' = None, "
-    "timeout: 'float | tuple[float, float]' = (5.0, 30.0), deadline: 'float' = 60.0) -> 'str'",
+    "expires_in: 'int' = 600, api_key: 'str | None' = None, base_url: 'str | None' = None, "
+    f"{READY}, openai_client: 'Any' = None) -> 'str'",
     "mint_cartesia_access_token": "(*, api_key: 'str | None' = None, expires_in: 'int' = 300, "
-    "base_url: 'str | None' = None, timeout: 'float | tuple[float, float]' = (5.0, 30.0), "
-    "deadline: 'float' = 60.0) -> 'str'",
+    f"base_url: 'str | None' = None, {READY}) -> 'str'",
     "create_session": f"({FORWARDED}) -> 'AvaturnSession'",
-    "say": "(session_id: 'str', text: 'str') -> 'str'",
-    "terminate_session": "(session_id: 'str') -> 'bool'",
+    "say": f"(session_id: 'str', text: 'str', *, {PER_CALL}) -> 'str'",
+    "terminate_session": f"(session_id: 'str', *, {PER_CALL}) -> 'bool'",
     "session": f"({FORWARDED}) -> 'contextlib.AbstractContextManager[AvaturnSession]'",
-    "warm": "() -> 'list[str]'",
+    "deadline": "(seconds: 'float') -> 'Iterator[None]'",
+    "warm": "(*, deadline: 'float | None' = None) -> 'list[str]'",
     "main": "(argv: 'Sequence[str] | None' = None) -> 'int'",
     "close_shared_clients": "() -> 'None'",
     "AvaturnSession.web_sdk_html": "(self, *, sdk_url: 'str | None' = None, audio: 'bool' = False, "
     "width: 'str' = '100%', height: 'str' = '480px') -> 'str'",
     "AvaturnClient.__init__": "(self, api_key: 'str | None' = None, *, base_url: 'str | None' = None, "
     "timeout: 'float | tuple[float, float]' = (5.0, 30.0), max_retries: 'int' = 2, "
-    "http_session: 'requests.Session | None' = None, deadline: 'float' = 60.0, "
-    "http: 'requests.Session | None' = None) -> 'None'",
+    "http_session: 'requests.Session | None' = None, deadline: 'float' = 60.0) -> 'None'",
     "AvaturnClient.create_session": f"(self, {CREATE_PARAMS}) -> 'AvaturnSession'",
-    "AvaturnClient.say": "(self, session_id: 'str', text: 'str') -> 'str'",
-    "AvaturnClient.terminate_session": "(self, session_id: 'str') -> 'bool'",
+    "AvaturnClient.say": f"(self, session_id: 'str', text: 'str', *, {PER_CALL}) -> 'str'",
+    "AvaturnClient.terminate_session": f"(self, session_id: 'str', *, {PER_CALL}) -> 'bool'",
     "AvaturnClient.session": f"(self, {FORWARDED}) -> 'Iterator[AvaturnSession]'",
     "AvaturnClient.close": "(self) -> 'None'",
-    "AvaturnClient.warm": "(self) -> 'bool'",
+    "AvaturnClient.warm": "(self, *, deadline: 'float | None' = None) -> 'bool'",
     "AvaturnSession": "(session_id: 'str', token: 'str', api_host: 'str') -> 'None'",
+    "AvaturnError": "(message: 'str' = '', fields: 'Mapping[str, Any] | None' = None, /, "
+    "**more: 'Any') -> 'None'",
 }
 
 
 def test_public_all_is_frozen():
     assert sorted(av.__all__) == sorted(
         [
+            "CLEANUP_GRACE",
+            "READY_MIN_LIFE",
+            "deadline",
             "DEFAULT_BASE_URL",
             "DEFAULT_DEADLINE",
             "DEFAULT_MAX_RETRIES",
@@ -240,7 +248,8 @@ def test_public_constants_have_documented_values():
     assert (av.MAX_RESPONSE_BYTES, av.MAX_ERROR_BODY_BYTES) == (1024 * 1024, 64 * 1024)
     assert av.WEB_SDK_URL.endswith("/@avaturn-live/web-sdk@0.3.7/dist/main.js")
     assert av.KEEPALIVE_EXPIRY == 5.0
-    assert av.__version__ == "0.3.0"
+    assert (av.CLEANUP_GRACE, av.READY_MIN_LIFE) == (5.0, 0.5)
+    assert av.__version__ == "0.4.0"
 
 
 def test_import_does_not_import_openai():
@@ -453,10 +462,19 @@ def test_client_repr_shows_base_url_not_key():
     assert "sk-very-secret" not in repr(vars(client))
 
 
-def test_client_pool_serves_32_threads():
-    client = av.AvaturnClient(KEY)
-    adapter = client._transport.http.get_adapter(API)
-    assert adapter._pool_maxsize == 32
+def test_client_pool_keeps_32_connections_for_32_threads(fake):
+    client = client_for(fake)
+    barrier = threading.Barrier(32)
+
+    def start() -> None:
+        barrier.wait()
+        client.create_session()
+
+    for _ in range(2):
+        assert run_threads(32, start) == []
+    # the second round found every connection of the first one waiting
+    assert fake.connections <= av.DEFAULT_POOL_MAXSIZE == 32
+    assert len(fake.created) == 64
 
 
 def test_client_closes_only_its_own_session():
@@ -472,7 +490,7 @@ def test_client_closes_only_its_own_session():
         pass
     assert closed == []
     client = av.AvaturnClient(KEY)
-    client._transport.http = Spy()
+    client._transport.own, client._transport.pid = Spy(), os.getpid()
     with client:
         pass
     assert closed == [client._transport.http]
@@ -488,17 +506,6 @@ def test_client_sends_through_given_requests_session(mock):
     )
     av.AvaturnClient(KEY, http_session=http).create_session()
     assert "Authorization" not in http.headers
-
-
-def test_client_http_keyword_still_works_and_warns(mock):
-    http = requests.Session()
-    mock.post(SESSIONS, json={"session_id": "s1", "token": "t1"})
-    with pytest.warns(DeprecationWarning, match="http_session"):
-        client = av.AvaturnClient(KEY, http=http)
-    assert client._transport.http is http
-    client.create_session()
-    with pytest.raises(av.ConfigurationError, match="http_session"):
-        av.AvaturnClient(KEY, http=http, http_session=http)
 
 
 # --------------------------------------------------------------------------- #
@@ -857,11 +864,17 @@ def test_status_error_str_renders_fastapi_detail(mock):
     assert info.value.errors == detail
 
 
+MAY_HAVE_CREATED = (
+    "a session may have been created (it ends by itself after user_absent_timeout)"
+)
+
+
 def test_status_error_str_without_request_id_or_body(mock):
     mock.post(SESSIONS, status=500, body="")
     with pytest.raises(av.InternalServerError) as info:
         av.AvaturnClient(KEY, max_retries=0).create_session()
-    assert str(info.value) == "500 Internal Server Error"
+    # a 500 may come after the work was done: the error says what that means
+    assert str(info.value) == "500 Internal Server Error; " + MAY_HAVE_CREATED
     assert info.value.request_id is None
 
 
@@ -872,7 +885,9 @@ def test_status_error_from_html_page_is_one_readable_line(mock):
     mock.post(SESSIONS, status=502, body=page, content_type="text/html")
     with pytest.raises(av.InternalServerError) as info:
         av.AvaturnClient(KEY).create_session()
-    assert str(info.value) == "502 Bad Gateway: 502 Bad Gateway nginx"
+    assert (
+        str(info.value) == "502 Bad Gateway: 502 Bad Gateway nginx; " + MAY_HAVE_CREATED
+    )
 
 
 def test_status_error_redacts_echoed_secrets(mock):
@@ -1032,6 +1047,7 @@ ERROR_SAMPLES = [
     ),
     *[
         cls(
+            f"{status} x (request req_1): x: m",
             status_code=status,
             detail=[{"loc": ["body", "x"], "msg": "m"}],
             request_id="req_1",
@@ -1076,6 +1092,7 @@ def test_every_public_error_class_has_a_pickling_sample():
 
 def raise_rate_limit() -> None:
     raise av.RateLimitError(
+        "429 Too Many Requests (request req_9): slow down",
         status_code=429,
         detail="slow down",
         request_id="req_9",
@@ -1578,7 +1595,7 @@ def test_deadline_passed_before_sending_sends_nothing(fake, monkeypatch, slow):
     clock = FakeClock(monkeypatch)
     module, name = {
         "resolve": (socket, "getaddrinfo"),
-        "connect": (urllib3.util.connection, "create_connection"),
+        "connect": (socket.socket, "connect"),
     }[slow]
     real = getattr(module, name)
 
@@ -1740,7 +1757,7 @@ def test_session_context_logs_when_terminate_keeps_failing(fake, sleeps, caplog)
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and "could not terminate" in r.getMessage()
+        if r.levelno == logging.WARNING and "could not end" in r.getMessage()
     ]
     assert len(warnings) == 1 and s.session_id in warnings[0]
 
@@ -1766,7 +1783,7 @@ def test_module_functions_use_one_client_from_env(monkeypatch, no_env, mock):
     created = av.create_session(engine)
     assert av.say(created.session_id, "hi") == "k1"
     assert av.terminate_session(created.session_id) is True
-    assert av._default_client is av._client()
+    assert av._here().client is av._client()
 
 
 def test_module_session_context_terminates(monkeypatch, no_env, mock):
@@ -1949,11 +1966,14 @@ def test_mint_openai_holds_to_its_timeout_and_deadline(monkeypatch, fake, sleeps
 
 def test_mint_openai_with_the_callers_sdk_client_caps_its_timeout():
     client = FakeOpenAI()
-    secret = av.mint_openai_client_secret(
-        openai_client=client, timeout=(2, 7), deadline=5
-    )
+    with pytest.warns(DeprecationWarning, match="openai_client"):
+        secret = av.mint_openai_client_secret(
+            openai_client=client, timeout=(2, 7), deadline=5
+        )
     assert secret == "ek_123"
-    assert client.options == [{"timeout": 5.0, "max_retries": 0}]
+    # the SDK's one timeout: the longer of ours, cut to what is left of the deadline
+    [options] = client.options
+    assert options["max_retries"] == 0 and 4.5 < options["timeout"] <= 5.0
     assert client.calls == [
         {
             "expires_after": {"anchor": "created_at", "seconds": 600},
@@ -2215,10 +2235,10 @@ def test_module_functions_build_one_client_under_a_race(fake, monkeypatch, no_en
     built = []
 
     class Slow(av.AvaturnClient):
-        def __init__(self) -> None:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             built.append(1)
             time.sleep(0.05)  # widen the race window
-            super().__init__()
+            super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(av, "AvaturnClient", Slow)
     assert run_threads(32, av.create_session) == []
@@ -2241,10 +2261,19 @@ def test_module_functions_keep_one_connection_alive(fake, monkeypatch, no_env):
 # --------------------------------------------------------------------------- #
 
 
-def in_child(fn: Any, timeout: float = 20.0) -> Any:
+def raw_fork() -> int:
+    """fork(2) straight from libc, as uWSGI forks its workers: Python's at-fork
+    handlers do not run (PyDLL: the child keeps the GIL it was forked with)."""
+    return int(ctypes.PyDLL(None).fork())
+
+
+FORKS = {"os.fork": os.fork, "raw fork": raw_fork}
+
+
+def in_child(fn: Any, timeout: float = 20.0, fork: Any = os.fork) -> Any:
     """Run `fn` in a forked child; its JSON result, or pytest.fail on error or hang."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: never return into pytest
         os.close(read_end)
         try:
@@ -2275,14 +2304,15 @@ def ports(fake: FakeAvaturn, route: str) -> list[int]:
     return [port for r, port in fake.peers if r == route]
 
 
+@pytest.mark.parametrize("fork", sorted(FORKS))
 @pytest.mark.parametrize("kind", ["client", "module"])
-def test_fork_child_gets_its_own_connection(fake, monkeypatch, no_env, kind):
+def test_fork_child_gets_its_own_connection(fake, monkeypatch, no_env, kind, fork):
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
     monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
     client = client_for(fake)
     create = client.create_session if kind == "client" else av.create_session
     create()  # the parent now holds a pooled keep-alive connection
-    child_sid = in_child(lambda: create().session_id)
+    child_sid = in_child(lambda: create().session_id, fork=FORKS[fork])
     create()  # the parent's connection still works and is still its own
     parent_first, child, parent_again = ports(fake, "create")
     assert child != parent_first, "the child used the parent's connection"
@@ -2290,17 +2320,19 @@ def test_fork_child_gets_its_own_connection(fake, monkeypatch, no_env, kind):
     assert child_sid in fake.sessions
 
 
-def test_fork_child_mints_on_its_own_connection(fake, monkeypatch, no_env):
+@pytest.mark.parametrize("fork", sorted(FORKS))
+def test_fork_child_mints_on_its_own_connection(fake, monkeypatch, no_env, fork):
     monkeypatch.setenv("CARTESIA_API_KEY", "ck-fork")
     monkeypatch.setenv("CARTESIA_BASE_URL", fake.url)
     av.mint_cartesia_access_token()
-    in_child(av.mint_cartesia_access_token)
+    in_child(av.mint_cartesia_access_token, fork=FORKS[fork])
     av.mint_cartesia_access_token()
     parent_first, child, parent_again = ports(fake, "cartesia")
     assert child not in (parent_first, parent_again)
 
 
-def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
+@pytest.mark.parametrize("fork", sorted(FORKS))
+def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env, fork):
     """A fork while another thread holds the library's locks must not deadlock the child."""
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
     monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
@@ -2308,7 +2340,7 @@ def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with av._lock:
+        with av._here().lock:
             held.set()
             release.wait(30)
 
@@ -2318,12 +2350,13 @@ def test_fork_child_gets_fresh_locks(fake, monkeypatch, no_env):
     try:
 
         def lifecycle() -> bool:
-            av._default_client = None  # force the child to build the shared client
+            # another AVATURN_BASE_URL: the child must build a client, under the lock
+            os.environ["AVATURN_BASE_URL"] = fake.url + "/"
             created = av.create_session()
             av.say(created.session_id, "from the child")
             return av.terminate_session(created.session_id)
 
-        assert in_child(lifecycle) is True
+        assert in_child(lifecycle, fork=FORKS[fork]) is True
     finally:
         release.set()
         thread.join()
@@ -2778,6 +2811,14 @@ def test_cli_dry_run_openai_needs_no_key_or_network(capsys, no_env, mock):
                 "client_secret": "<minted at run time>",
             },
             "user_absent_timeout": 30,
+        },
+        # what the client secret would be minted for
+        "mint": {
+            "openai": {
+                "type": "realtime",
+                "model": "gpt-realtime",
+                "audio": {"output": {"voice": "marin"}},
+            }
         },
     }
 
