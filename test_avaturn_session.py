@@ -47,7 +47,6 @@ from typing import Any
 import pytest
 import requests
 import responses
-import urllib3.util.connection
 from responses import matchers
 
 import avaturn_session as av
