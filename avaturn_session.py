@@ -765,8 +765,16 @@ class AvaturnClient:
         payload = _Payload(_build_create_body(_hide(engine), _hide(options)))
         trail: list[_Attempt] = []
         try:
+            # Past the deadline, a sent create's answer is still read for half
+            # the grace: it names the session, to be ended in the other half.
             answer = self._transport.call(
-                "POST", _PATH_SESSIONS, payload, timeout, deadline, trail=trail
+                "POST",
+                _PATH_SESSIONS,
+                payload,
+                timeout,
+                deadline,
+                grace=CLEANUP_GRACE / 2,
+                trail=trail,
             )
             fields = answer.json_object()
             session_id, token = fields.get("session_id"), fields.get("token")
@@ -871,7 +879,7 @@ class AvaturnClient:
         session_id = last.recover("session_id") if last.status < 300 else None
         if session_id is None:
             note = "a session may have been created (it ends by itself after user_absent_timeout)"
-        elif self._end(session_id, "unusable create answer", _grace()):
+        elif self._end(session_id, "create failed", last.expires_at + CLEANUP_GRACE):
             return
         else:
             note = f"session {session_id} may still be running"
@@ -1119,6 +1127,7 @@ class _Attempt(urllib3.Timeout):
         self.problem: str | None = None  # why a 2xx body cannot be used
         self.failure: str | None = None  # why no (whole) answer arrived
         self.timed_out = False
+        self.grace = 0.0  # seconds past the deadline to read an answer, once sent
         self.error: AvaturnError | None = None  # built once, when the loop gives up
         self.interrupt: BaseException | None = None
         self.acted_before = False  # an earlier attempt of the call may have acted
@@ -1133,7 +1142,7 @@ class _Attempt(urllib3.Timeout):
     def wait(self, seconds: float) -> float:
         """What one blocking step may wait: ``seconds``, cut to what is left of
         the deadline (the one clock); nothing at all once it has passed."""
-        left = self.expires_at - _now()
+        left = self.expires_at + (self.grace if self.sent else 0.0) - _now()
         if left <= 0:
             raise TimeoutError("deadline exceeded")
         return min(seconds, left)
@@ -1280,17 +1289,21 @@ class _Transport:
         *,
         until: float | None = None,
         gone_ok: bool = False,
+        grace: float = 0.0,
         trail: list[_Attempt] | None = None,
     ) -> _Attempt:
         """Send with the retry rules; returns the last attempt: a 2xx answer (or,
         with ``gone_ok``, a 404/410), or one carrying the typed error (built once,
         here, when the loop gives up) or the caller's interruption. ``until``
-        replaces the deadline; ``trail`` collects every attempt as it starts."""
+        replaces the deadline; ``grace``: seconds past it to read an answer that
+        was sent for (a late one counts as timed out); ``trail`` collects every
+        attempt as it starts."""
         timeouts = self.timeout if timeout is None else _check_timeout(timeout)
         expires_at = self.expiry(deadline) if until is None else until
         trail = [] if trail is None else trail
         while True:
             attempt = _Attempt(method, path, expires_at, timeouts)
+            attempt.grace = grace
             trail.append(attempt)
             started = _now()
             self._send(payload, attempt)
@@ -1355,6 +1368,8 @@ class _Transport:
                     break
                 attempt.wait(math.inf)  # a caller's session bounds each read alone
             del attempt.body[cap:]
+            if attempt.grace and _now() > attempt.expires_at:  # read in the grace
+                raise TimeoutError("deadline exceeded")
         except _NETWORK_ERRORS as exc:
             # requests wraps what our connections raise: the reason is theirs
             inner = (
