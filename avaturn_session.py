@@ -1898,6 +1898,10 @@ def _resolve(attempt: _Attempt, host: str, port: int) -> list[Any]:
     Callers for one host share one lookup on a daemon thread (a stalled
     resolver holds one thread per host, never more); with no thread to be had
     (interpreter shutdown, a thread limit), the caller runs it."""
+    with contextlib.suppress(socket.gaierror):  # an IP address: nothing to wait for
+        return socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
     lookups = _here().lookups
     lookup = lookups.setdefault((host, port), mine := _Lookup())
     if lookup is mine:
