@@ -1341,11 +1341,10 @@ class _Transport:
         below stays here: a failure becomes its reason (text), the caller's
         interruption is kept with its traceback cut, so no frame of requests or
         of our connections (they hold the request's bytes) is in a traceback."""
-        response = None
         try:
             attempt.wait(math.inf)  # nothing is handed on once the deadline passed
             attempt.sent = None  # unknown, unless our connections count it
-            response = self.http.request(
+            with self.http.request(
                 attempt.method,
                 self.base_url + attempt.path,
                 data=None if payload is None else payload.data,
@@ -1355,21 +1354,23 @@ class _Transport:
                 allow_redirects=False,
                 stream=True,
                 proxies=self.proxies,
-            )
-            attempt.status, attempt.headers = response.status_code, response.headers
-            cap = MAX_RESPONSE_BYTES if attempt.status < 300 else MAX_ERROR_BODY_BYTES
-            encoding = attempt.headers.get("content-encoding", "identity").strip()
-            if encoding.lower() not in ("identity", ""):
-                attempt.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
-            for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
-                attempt.body += chunk
-                if len(attempt.body) > cap:
-                    attempt.problem = f"body larger than {cap} bytes"
-                    break
-                attempt.wait(math.inf)  # a caller's session bounds each read alone
-            del attempt.body[cap:]
-            if attempt.grace and _now() > attempt.expires_at:  # read in the grace
-                raise TimeoutError("deadline exceeded")
+            ) as response:  # closed inside, whatever happens
+                attempt.status, attempt.headers = response.status_code, response.headers
+                cap = (
+                    MAX_RESPONSE_BYTES if attempt.status < 300 else MAX_ERROR_BODY_BYTES
+                )
+                encoding = attempt.headers.get("content-encoding", "identity").strip()
+                if encoding.lower() not in ("identity", ""):
+                    attempt.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
+                for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
+                    attempt.body += chunk
+                    if len(attempt.body) > cap:
+                        attempt.problem = f"body larger than {cap} bytes"
+                        break
+                    attempt.wait(math.inf)  # a caller's session bounds each read alone
+                del attempt.body[cap:]
+                if attempt.grace and _now() > attempt.expires_at:  # read in the grace
+                    raise TimeoutError("deadline exceeded")
         except _NETWORK_ERRORS as exc:
             # requests wraps what our connections raise: the reason is theirs
             inner = (
@@ -1383,9 +1384,6 @@ class _Transport:
         except BaseException as exc:  # noqa: BLE001 - the caller's: Ctrl-C, a time limit
             exc.__context__ = exc.__cause__ = None
             attempt.interrupt = exc.with_traceback(None)
-        finally:
-            if response is not None:
-                response.close()
 
     def warm(self, deadline: object = None) -> bool:
         """Open one keep-alive connection to the host now, sending nothing (only

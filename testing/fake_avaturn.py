@@ -9,10 +9,12 @@ client must survive. Nothing here talks to any other host.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
 import random
+import re
 import socket
 import struct
 import threading
@@ -481,3 +483,257 @@ class FakeAvaturn:
             h.send_header(name, value)
         h.end_headers()
         h.wfile.write(data)
+
+
+# --------------------------------------------------------------------------- #
+# The fault server: one exchange broken at one phase and byte offset
+# --------------------------------------------------------------------------- #
+
+# Where the first exchange breaks: before accepting, in the TLS handshake, after
+# N bytes of the request, of the answer's head or of its body. An offset is a
+# byte count or a mark the server finds in what it reads or writes.
+PHASES = ("accept", "tls", "request", "head", "body")
+# What it does there: stall (read on, never answer), cut (close), garble (the
+# rest replaced by bytes that are no HTTP), early (answer before reading on).
+ACTIONS = ("stall", "cut", "garble", "early")
+GARBAGE = b"\x00\xff~garbled~\xfe\x01"
+
+
+class FaultServer:
+    """A raw HTTP/1.1 server on 127.0.0.1 whose first connection breaks as told;
+    every later connection is served right (the client's cleanup DELETE).
+
+    The server-side truth: `seen` (bytes of the first request that reached the
+    server, counted also for a request left waiting), `created` (the session
+    ids it made: a whole create request makes one), `ended` (ids deleted), and
+    `id_sent` (whether the first answer's id, closing quote included, was
+    written before the fault).
+    """
+
+    def __init__(
+        self, phase: str, offset: int | str, action: str, context: Any = None
+    ) -> None:
+        self.phase, self.offset, self.action, self.context = (
+            phase,
+            offset,
+            action,
+            context,
+        )
+        self.seen, self.id_sent = 0, False
+        self.created: list[str] = []
+        self.ended: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+        port = self.listener.getsockname()[1]
+        host = "localhost" if context is not None else "127.0.0.1"
+        self.url = f"{'https' if context else 'http'}://{host}:{port}"
+        self.first: threading.Thread | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop; the server-side truth is final once this returns."""
+        self.stop.set()
+        if self.phase == "accept" and self.action == "stall":
+            self._drain_backlog()
+        self.listener.close()
+        if self.first is not None:  # the faulted connection's truth is final
+            self.first.join(10)
+
+    def _accept(self) -> None:
+        first = True
+        while not self.stop.is_set():
+            if first and self.phase == "accept" and self.action == "stall":
+                self.stop.wait()  # never accepted: what waits is counted at close
+                return
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            target = self._fault if first else self._serve
+            thread = threading.Thread(target=target, args=(conn,), daemon=True)
+            thread.start()
+            self.first, first = self.first or thread, False
+
+    def _drain_backlog(self) -> None:
+        self.listener.settimeout(0.5)
+        with contextlib.suppress(OSError):
+            conn, _ = self.listener.accept()
+            conn.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                self._count(conn.recv(65536))
+            conn.close()
+
+    def _count(self, data: bytes) -> bytes:
+        with self.lock:
+            self.seen += len(data)
+        return data
+
+    # -- the first connection: the fault --------------------------------------
+
+    def _fault(self, raw: socket.socket) -> None:
+        conn = None
+        try:
+            conn = self._handshake(raw)
+            if conn is not None:
+                self._exchange(conn)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                (conn or raw).close()
+
+    def _handshake(self, raw: socket.socket) -> socket.socket | None:
+        if self.phase == "accept" and self.action != "early":
+            if self.action == "garble":
+                raw.sendall(GARBAGE)
+                self._hold(raw, count=self.context is None)
+            return None  # cut: closed before a byte was read
+        if self.context is None:
+            return raw
+        if self.phase == "tls":
+            raw.settimeout(5)
+            raw.recv(int(self.offset))  # part of the ClientHello: not the request
+            if self.action == "garble":
+                raw.sendall(GARBAGE)
+            if self.action in ("stall", "garble"):
+                self._hold(raw, count=False)
+            return None
+        return self.context.wrap_socket(raw, server_side=True)
+
+    def _hold(self, conn: socket.socket, count: bool = True) -> None:
+        """Read on, never answer, until the client hangs up or the test ends
+        (then what already arrived is read too)."""
+        conn.settimeout(0.05)
+        while True:
+            stopping = self.stop.is_set()
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                if stopping:
+                    return
+                continue
+            if not data:
+                return
+            if count:
+                self._count(data)
+
+    def _exchange(self, conn: socket.socket) -> None:
+        if self.phase == "accept":  # early: the answer before a byte is read
+            return self._answer(
+                conn, self._reply("POST", "/api/v1/sessions"), early=True
+            )
+        conn.settimeout(5)
+        request = bytearray()
+        while not self._reached(request):
+            byte = conn.recv(1)
+            if not byte:
+                return
+            request += self._count(byte)
+        if self.phase == "request":
+            if self.action == "stall":
+                return self._hold(conn)
+            if self.action == "garble":
+                conn.sendall(GARBAGE)
+                return self._hold(conn)
+            if self.action == "early":
+                line = bytes(request).split(b"\r\n", 1)[0].decode("latin-1")
+                method, path = (line.split(" ") + ["", ""])[:2]
+                return self._answer(
+                    conn, self._reply(method or "POST", path or "/"), early=True
+                )
+            return None  # cut
+        return self._answer(conn, self._reply(*self._read_rest(conn, request)))
+
+    def _reached(self, request: bytearray) -> bool:
+        if self.phase != "request":
+            return self._complete(request)
+        if self.offset == "head":
+            return b"\r\n\r\n" in request
+        if self.offset == "all":
+            return self._complete(request)
+        return len(request) >= int(self.offset)
+
+    @staticmethod
+    def _complete(request: bytearray) -> bool:
+        head, sep, body = bytes(request).partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        return len(body) >= (int(length[1]) if length else 0)
+
+    @staticmethod
+    def _read_rest(conn: socket.socket, request: bytearray) -> tuple[str, str]:
+        line = bytes(request).split(b"\r\n", 1)[0].decode("latin-1")
+        method, path, _ = line.split(" ", 2)
+        return method, path
+
+    def _answer(self, conn: socket.socket, answer: bytes, early: bool = False) -> None:
+        """Write `answer`, broken at the phase's offset."""
+        head_end = answer.index(b"\r\n\r\n") + 4
+        if self.phase in ("head", "body"):
+            base = 0 if self.phase == "head" else head_end
+            mark = self.offset
+            if isinstance(mark, str):  # a mark in the answer: stop right after it
+                mark = answer.index(mark.encode(), base) + len(mark) - base
+            cut = min(base + int(mark), len(answer))
+        else:
+            cut = len(answer)
+        conn.sendall(answer[:cut])
+        closing_quote = answer.find(b'"', answer.find(b'"session_id": "') + 15)
+        self.id_sent = b'"session_id"' in answer and cut > closing_quote
+        if early or self.phase not in ("head", "body"):
+            return self._hold(conn) if early else None
+        if self.action == "garble":
+            conn.sendall(GARBAGE * ((len(answer) - cut) // len(GARBAGE) + 1))
+        if self.action in ("stall", "garble"):
+            self._hold(conn)
+
+    # -- later connections: served right -------------------------------------
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            conn.settimeout(5)
+            request = bytearray()
+            while not self.stop.is_set():
+                while not self._complete(request):
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    request += data
+                head, _, rest = bytes(request).partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                size = int(length[1]) if length else 0
+                request = bytearray(rest[size:])
+                conn.sendall(self._reply(*self._read_rest(conn, bytearray(head))))
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _reply(self, method: str, path: str) -> bytes:
+        """The answer the API would give (the work done: a session made or ended)."""
+        status, payload = 404, {"detail": "Not Found"}
+        if method == "POST" and path == "/api/v1/sessions":
+            with self.lock:
+                sid = f"sess_{len(self.created) + 1}"
+                self.created.append(sid)
+            status, payload = 201, {"session_id": sid, "token": f"TOKEN-SENTINEL-{sid}"}
+        elif method == "POST" and path.endswith("/tasks"):
+            status, payload = 200, {"task_id": "task_1"}
+        elif method == "DELETE" and path.startswith("/api/v1/sessions/"):
+            sid = urllib.parse.unquote(path.rsplit("/", 1)[1])
+            with self.lock:
+                known = sid in self.created and sid not in self.ended
+                if known:
+                    self.ended.append(sid)
+            status, payload = (204, None) if known else (404, {"detail": "Not Found"})
+        body = b"" if payload is None else json.dumps(payload).encode()
+        phrase = {200: "OK", 201: "Created", 204: "No Content", 404: "Not Found"}[
+            status
+        ]
+        head = f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+        return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
