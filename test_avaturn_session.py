@@ -1457,13 +1457,14 @@ def test_fake_retired_avatar_is_gone_error(fake):
 @pytest.mark.parametrize("kind", ["header_trickle", "body_trickle"])
 def test_deadline_ends_a_trickling_answer(fake, sleeps, kind):
     # One byte every 20 ms never trips a 2 s read timeout: without a total
-    # deadline this create would succeed after a few seconds.
-    fake.script("create", Fault(kind, delay=0.02))
+    # deadline this say would succeed after a few seconds.
     client = client_for(fake, timeout=(2.0, 2.0), deadline=0.3)
+    held = client.create_session()
+    fake.script("say", Fault(kind, delay=0.02))
     with pytest.raises(av.APITimeoutError, match="deadline") as info:
-        client.create_session()
+        client.say(held.session_id, "hi")
     assert info.value.request_sent is True
-    assert fake.attempts["create"] == 1
+    assert fake.attempts["say"] == 1
     # server-side truth: the client hung up mid-trickle (at 0.3 s, some 15 of
     # the ~60 to ~150 bytes), not once the headers or the body were complete
     wait_for(lambda: fake.trickled)
