@@ -1456,17 +1456,17 @@ def test_fake_retired_avatar_is_gone_error(fake):
 
 @pytest.mark.parametrize("kind", ["header_trickle", "body_trickle"])
 def test_deadline_ends_a_trickling_answer(fake, sleeps, kind):
-    # One byte every 20 ms never trips a 2 s read timeout: without a total
+    # One byte every 50 ms never trips a 2 s read timeout: without a total
     # deadline this say would succeed after a few seconds.
     client = client_for(fake, timeout=(2.0, 2.0), deadline=0.3)
     held = client.create_session()
-    fake.script("say", Fault(kind, delay=0.02))
+    fake.script("say", Fault(kind, delay=0.05))
     with pytest.raises(av.APITimeoutError, match="deadline") as info:
         client.say(held.session_id, "hi")
     assert info.value.request_sent is True
     assert fake.attempts["say"] == 1
-    # server-side truth: the client hung up mid-trickle (at 0.3 s, some 15 of
-    # the ~60 to ~150 bytes), not once the headers or the body were complete
+    # server-side truth: the client hung up mid-trickle (at 0.3 s, some 6 of
+    # the ~20 to ~120 bytes), not once the headers or the body were complete
     wait_for(lambda: fake.trickled)
     total, sent = fake.trickled[0]
     assert sent < total // 2, (sent, total)
