@@ -1863,6 +1863,8 @@ def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
             where = (
                 requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
             )
+            if not os.path.exists(where):  # REQUESTS_CA_BUNDLE, mistyped?
+                raise FileNotFoundError(f"no CA certificates at {where}")
             place = "capath" if os.path.isdir(where) else "cafile"
             context.load_verify_locations(**{place: where})
         if cert:

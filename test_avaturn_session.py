@@ -1567,7 +1567,8 @@ def stalled_resolver(monkeypatch):
     real = socket.getaddrinfo
 
     def stalled(*args: Any, **kwargs: Any) -> Any:
-        release.wait(10)
+        if not kwargs.get("flags", 0) & socket.AI_NUMERICHOST:  # a name: ask DNS
+            release.wait(10)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", stalled)
@@ -1581,8 +1582,10 @@ def test_deadline_covers_name_resolution_and_sends_nothing_after(
     client = av.AvaturnClient(
         KEY, base_url=fake.url.replace("127.0.0.1", "localhost"), deadline=0.3
     )
+    started = time.monotonic()
     with pytest.raises(av.APITimeoutError, match="deadline") as info:
         client.create_session()
+    assert time.monotonic() - started < 3.0  # the lookup stalls for 10 s
     assert info.value.request_sent is False
     assert fake.connections == 0 and fake.attempts["create"] == 0
 
@@ -2917,6 +2920,198 @@ def test_an_interruption_at_any_instant_goes_on_and_loses_no_session(
     unnamed = "may have been created" in warned  # its answer never arrived whole
     for sid in fake.sessions:
         assert sid == getattr(held, "session_id", None) or sid in warned or unnamed
+
+
+# --------------------------------------------------------------------------- #
+# A created session is never lost: answers that name it but cannot be used
+# --------------------------------------------------------------------------- #
+
+OK_BODY = b'{"session_id": "{sid}", "token": "{token}"}'
+
+
+def answer(body: bytes, *headers: str, status: str = "201 Created") -> bytes:
+    """A whole HTTP/1.1 answer: the status line, `headers`, a Content-Length."""
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", *headers]
+    if not any(h.lower().startswith("content-length") for h in headers):
+        head.append("Content-Length: {len}")  # filled in by the fake
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def gzipped(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data)
+
+
+# (answer the server writes, having created the session; the session's id)
+MANGLED_ANSWERS = {
+    "a float id": (answer(b'{"session_id": 123.0, "token": "{token}"}'), "123.0"),
+    "gzip despite identity": (
+        answer(
+            gzipped(b'{"session_id": "sess_gz", "token": "t"}'),
+            "Content-Encoding: gzip",
+        ),
+        "sess_gz",
+    ),
+    "invalid UTF-8 elsewhere": (answer(OK_BODY[:-1] + b', "x": "\xff\xfe"}'), None),
+    "a 5,000-digit integer elsewhere": (
+        answer(OK_BODY[:-1] + b', "n": ' + b"7" * 5000 + b"}"),
+        None,
+    ),
+    "trailing bytes": (answer(OK_BODY + b"garbage"), None),
+    "deep nesting elsewhere": (
+        answer(OK_BODY[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        None,
+    ),
+    "over the cap, the id first": (
+        answer(OK_BODY[:-1] + b', "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'),
+        None,
+    ),
+    "no token": (answer(b'{"session_id": "{sid}"}'), None),
+    "a numeric token": (answer(b'{"session_id": "{sid}", "token": 7}'), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MANGLED_ANSWERS))
+def test_create_session_ends_a_session_its_unusable_answer_names(fake, name):
+    body, session_id = MANGLED_ANSWERS[name]
+    fake.next_ids = [session_id] if session_id else []
+    fake.script("create", Fault("mangled", body=body))
+    with pytest.raises(av.APIResponseError) as info:
+        client_for(fake).create_session()
+    assert fake.attempts["create"] == 1  # never sent twice
+    assert len(fake.created) == 1 and fake.sessions == {}  # made, and ended
+    assert info.value.session_id is None  # nothing left for the caller to end
+
+
+TOLERATED_ANSWERS = {
+    # 0.3.0 took the 103 as the answer and dropped the real one
+    "103 Early Hints first": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    + answer(OK_BODY),
+    "a UTF-8 BOM": answer(b"\xef\xbb\xbf" + OK_BODY),  # JSON's bytes may have one
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOLERATED_ANSWERS))
+def test_create_session_takes_an_answer_http_and_json_allow(fake, name):
+    fake.script("create", Fault("mangled", body=TOLERATED_ANSWERS[name]))
+    created = client_for(fake).create_session()
+    assert created.session_id in fake.sessions
+
+
+def test_conflicting_content_lengths_are_sent_once_and_said(fake, sleeps):
+    body = answer(OK_BODY, "Content-Length: 10", "Content-Length: 47")
+    fake.script("create", Fault("mangled", body=body))
+    with pytest.raises(av.APIConnectionError) as info:
+        client_for(fake).create_session()
+    # 0.3.0 counted this "never sent": three POSTs, three sessions left running
+    assert fake.attempts["create"] == 1 and info.value.request_sent is True
+    assert "may have been created" in str(info.value)
+
+
+def test_cleanup_after_an_unusable_answer_stays_inside_the_grace(fake, monkeypatch):
+    monkeypatch.setattr(av, "CLEANUP_GRACE", 1.0)
+    fake.script("create", Fault("mangled", body=answer(b"{not json")))
+    fake.script("terminate", *[Fault("late", delay=10)] * 3)  # the DELETE stalls
+    started = time.monotonic()
+    with pytest.raises(av.APIResponseError):
+        client_for(fake, deadline=0.5).create_session()
+    assert time.monotonic() - started < 0.5 + 1.0 + 2.0  # 0.3.0: a new 60 s call
+
+
+# --------------------------------------------------------------------------- #
+# Every blocking step bounded, with threads or without
+# --------------------------------------------------------------------------- #
+
+
+def test_a_stalled_resolver_holds_one_thread_per_host_however_many_calls(
+    fake, stalled_resolver
+):
+    client = av.AvaturnClient(
+        KEY, base_url=fake.url.replace("127.0.0.1", "localhost"), deadline=0.3
+    )
+    before = threading.active_count()
+    errors = run_threads(50, lambda: client.say("s1", "hi"))
+    assert len(errors) == 50 and all(isinstance(e, av.APITimeoutError) for e in errors)
+    assert threading.active_count() - before <= 1  # 0.3.0: one per call, unbounded
+
+
+ATEXIT = """
+import atexit, avaturn_session as av
+atexit.register(lambda: print(av.create_session().session_id))
+"""
+
+
+def test_a_call_from_an_atexit_handler_works_without_new_threads(fake, no_env):
+    # At interpreter shutdown no thread can start (3.12+): the name lookup
+    # then runs in the caller.
+    url = fake.url.replace("127.0.0.1", "localhost")  # a name: a lookup
+    env = {"AVATURN_API_KEY": KEY, "AVATURN_BASE_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", ATEXIT]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in fake.sessions
+
+
+URLLIB3_1 = """
+import urllib3
+del urllib3.BaseHTTPResponse  # what 1.26 lacks
+import avaturn_session
+"""
+
+
+def test_a_copied_file_under_urllib3_1_refuses_at_import():
+    command = [sys.executable, "-c", URLLIB3_1]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert "ImportError: avaturn_session needs urllib3>=2" in done.stderr
+
+
+def test_the_shared_client_reads_the_environment_once(fake, monkeypatch, no_env):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    other = FakeAvaturn()
+    reads = iter([fake.url] + [other.url] * 10)
+    real_get = os.environ.get
+
+    def get(name: str, default: Any = None) -> Any:  # the URL changes under it
+        return next(reads) if name == "AVATURN_BASE_URL" else real_get(name, default)
+
+    monkeypatch.setattr(os.environ, "get", get)
+    created = av.create_session()
+    other.close()
+    # built from one reading and labelled with that same reading
+    assert created.api_host == fake.url and created.session_id in fake.sessions
+
+
+def test_max_retries_of_any_size_never_overflows(mock, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    mock.post(SESSIONS + "/s1/tasks", status=503)  # every time
+    client = av.AvaturnClient(KEY, max_retries=1100, deadline=86400)
+    with pytest.raises(av.InternalServerError):  # 0.3.0: OverflowError at 1024
+        client.say("s1", "hi")
+    assert len(mock.calls) == 1101 and max(clock.waits) == av.MAX_RETRY_DELAY
+
+
+@pytest.mark.parametrize("variable", ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID"])
+def test_a_header_from_the_environment_is_checked_before_sending(
+    monkeypatch, mock, variable
+):
+    monkeypatch.setenv("OPENAI_API_KEY", S_OPENAI_KEY)
+    monkeypatch.setenv(variable, "proj_\u00e9t\u00e9")  # not Latin-1-clean ASCII
+    with pytest.raises(av.ConfigurationError, match="printable ASCII"):
+        av.mint_openai_client_secret()
+
+
+def test_a_missing_ca_bundle_is_a_connection_error_never_sent(
+    fake, monkeypatch, sleeps
+):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+    url = fake.url.replace("http://", "https://")
+    client = av.AvaturnClient(KEY, base_url=url, max_retries=0)
+    with pytest.raises(av.APIConnectionError, match="nonexistent") as info:
+        client.create_session()
+    assert info.value.request_sent is False
 
 
 # --------------------------------------------------------------------------- #

@@ -48,7 +48,9 @@ class Fault:
     whole answer, or only its body, one byte every `delay` s), huge (`status`
     with a 200 MB body, no work), endless (`status` with a chunked body that
     never ends), gzip_bomb (`status`, a small gzip body that inflates to
-    256 MB), raw (`status` with `body`, `content_type` and `headers` as given).
+    256 MB), raw (`status` with `body`, `content_type` and `headers` as given),
+    mangled (do the work, then `body` as the whole answer, head included, with
+    {sid}, {token} and {len}, the length of the last body, filled in).
     """
 
     kind: str
@@ -119,6 +121,8 @@ class FakeAvaturn:
         self.sdk_file: Path | None = None
         self.page = ""
         self._n = 0
+        # ids the next creates get (else sess_N), e.g. "123.0" for a mangled answer
+        self.next_ids: list[str] = []
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -262,6 +266,13 @@ class FakeAvaturn:
             return self._reply(h, 200, raw=b"")
         if fault.kind in ("header_trickle", "body_trickle"):
             return self._trickle(h, status, payload, fault)
+        if fault.kind == "mangled":  # the work done, then these bytes as the answer
+            sid, token = payload["session_id"].encode(), payload["token"].encode()
+            data = fault.body.replace(b"{sid}", sid).replace(b"{token}", token)
+            size = str(len(data.rsplit(b"\r\n\r\n", 1)[-1])).encode()
+            h.wfile.write(data.replace(b"{len}", size))  # the last body's length
+            h.close_connection = True
+            return None
         raise AssertionError(f"unknown fault {fault.kind}")
 
     def _trickle(
@@ -435,7 +446,7 @@ class FakeAvaturn:
                     }
                 if str((body or {}).get("avatar_id", "")).startswith("retired"):
                     return 410, {"detail": "Avatar no longer exists"}
-                sid = f"sess_{n}"
+                sid = self.next_ids.pop(0) if self.next_ids else f"sess_{n}"
                 record = {"token": self.token_factory(n), "body": body}
                 self.sessions[sid] = record
                 self.created[sid] = record
