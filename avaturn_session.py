@@ -1074,7 +1074,7 @@ class _Payload:
 
     def __init__(self, body: Any) -> None:
         found: list[str] = []
-        body = _hide(body, found)  # from here on, this frame holds only *** values
+        body = _hide(body, found)  # every credential in it, to scrub from errors
         problem = None
         try:
             text = json.dumps(

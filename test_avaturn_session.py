@@ -15,7 +15,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import datetime
 import email.utils
+import functools
 import html
 import importlib
 import inspect
@@ -918,6 +920,51 @@ def test_status_error_redacts_echoed_secrets(mock):
         "client_secret": "***",
     }
     assert "bad secret *** for key ***" in str(error)
+
+
+# Credentials under the names engines and providers use, in any spelling.
+SECRET_NAMES = (
+    "accessToken",
+    "clientSecret",
+    "auth_token",
+    "refresh_token",
+    "xi_api_key",
+)
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_status_error_masks_an_echoed_credential_under_any_usual_name(mock, name):
+    mock.post(SESSIONS, status=422, json={"detail": "bad", "input": {name: "CRED-1"}})
+    with pytest.raises(av.UnprocessableEntityError) as info:
+        av.AvaturnClient(KEY).create_session()
+    assert info.value.body == {"detail": "bad", "input": {name: "***"}}
+    assert "CRED-1" not in repr(info.value)
+
+
+# Bad input beside a credential: raised before anything is sent, from frames
+# that hold the credential masked (the caller's own dict, as create_session's
+# `engine`, is the caller's: Sentry shows what the caller passed).
+BAD_BESIDE_A_SECRET = {
+    "a bad option": {"user_absent_timeout": 5},
+    "NaN": {"extra": {"x": float("nan")}},
+    "a date": {"extra": {"x": datetime.date(2026, 1, 1)}},
+    "a set": {"extra": {"x": {1, 2}}},
+    "nesting too deep": {
+        "extra": {"x": functools.reduce(lambda a, _: [a], range(99), [])}
+    },
+    "a key that is no string": {"extra": {("x",): 1}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BESIDE_A_SECRET))
+@pytest.mark.parametrize("field", ["client_secret", *SECRET_NAMES])
+def test_bad_input_is_refused_from_frames_that_hold_no_plain_secret(mock, name, field):
+    engine = {"type": "openai-realtime", "client_secret": "ek_x", field: "CRED-2"}
+    with pytest.raises(av.ConfigurationError) as info:
+        av.AvaturnClient(KEY).create_session(engine, **BAD_BESIDE_A_SECRET[name])
+    for text in frames_locals(info.value):
+        assert "CRED-2" not in text, text
+    assert "CRED-2" not in str(info.value) + repr(info.value)
 
 
 def test_status_error_redacts_external_engine_headers(mock):
@@ -3115,6 +3162,160 @@ def test_a_missing_ca_bundle_is_a_connection_error_never_sent(
 
 
 # --------------------------------------------------------------------------- #
+# What Sentry records, with its defaults; gevent patching after import
+# --------------------------------------------------------------------------- #
+
+# A user's app as the README writes it (keys in the environment, engines from
+# the helpers), failing every way it can, with Sentry capturing each failure;
+# its own process, so that Sentry's global hooks stay there.
+SENTRY_APP = """
+import json, os, sys
+import sentry_sdk
+from sentry_sdk.transport import Transport
+import avaturn_session as av
+from fake_avaturn import Fault, FakeAvaturn
+
+events = []
+
+class Memory(Transport):
+    def capture_envelope(self, envelope):
+        events.append(envelope.serialize())
+
+sentry_sdk.init(dsn="https://k@127.0.0.1/1", transport=Memory)  # its defaults
+fake = FakeAvaturn(os.environ["AVATURN_API_KEY"])
+fake.token_factory = lambda n: os.environ["SESSION_TOKEN"]
+for name in ("AVATURN", "OPENAI", "CARTESIA"):
+    os.environ[name + "_BASE_URL"] = fake.url + ("/v1" if name == "OPENAI" else "")
+held = av.create_session(av.text_echo_engine("v1"))
+secret = av.mint_openai_client_secret()
+cases = {
+    "mint openai, echoed": lambda: av.mint_openai_client_secret(),
+    "mint cartesia, echoed": lambda: av.mint_cartesia_access_token(),
+    "create, echoed": lambda: av.create_session(av.openai_realtime_engine(secret)),
+    "bad option": lambda: av.create_session(
+        av.openai_realtime_engine(secret), user_absent_timeout=5),
+    "NaN beside a secret": lambda: av.create_session(
+        av.openai_realtime_engine(secret), extra={"x": float("nan")}),
+    "datetime beside a secret": lambda: av.create_session(
+        av.openai_realtime_engine(secret), extra={"x": __import__("datetime").date.today()}),
+    "a key with a newline": lambda: av.AvaturnClient(
+        os.environ["AVATURN_API_KEY"] + "\\n"),
+    "say, reset": lambda: av.say(held.session_id, "hi"),
+    "say, cut off": lambda: av.say(held.session_id, "hi"),
+    "create, no token": lambda: av.create_session(av.openai_realtime_engine(secret)),
+    "create, late": lambda: av.create_session(av.openai_realtime_engine(secret), deadline=0.3),
+}
+faults = {
+    "mint openai, echoed": ("openai", Fault("echo")),
+    "mint cartesia, echoed": ("cartesia", Fault("echo")),
+    "create, echoed": ("create", Fault("echo")),
+    "say, reset": ("say", Fault("reset")),
+    "say, cut off": ("say", Fault("truncated")),
+    "create, no token": ("create", Fault("mangled",
+        body=b'HTTP/1.1 200 OK\\r\\nContent-Length: {len}\\r\\n\\r\\n{"session_id": "{sid}"}')),
+    "create, late": ("create", Fault("late", delay=5)),
+}
+for name, call in cases.items():
+    if name in faults:
+        fake.script(*faults[name])
+    try:
+        call()
+    except BaseException as exc:
+        sentry_sdk.capture_exception(exc)
+    else:
+        sys.exit(f"{name}: no failure")
+sentry_sdk.flush()
+print(json.dumps({"events": len(events), "secret": secret,
+    "vars": sum(b'"vars"' in e for e in events), "text": [e.decode("utf-8", "replace") for e in events]}))
+"""
+
+
+def test_sentry_with_its_defaults_records_no_secret(no_env):
+    pytest.importorskip("sentry_sdk")
+    secrets = {
+        "AVATURN_API_KEY": S_AVATURN,
+        "OPENAI_API_KEY": S_OPENAI_KEY,
+        "CARTESIA_API_KEY": S_CARTESIA_KEY,
+        "SESSION_TOKEN": S_SESSION,
+    }
+    path = os.pathsep.join([str(ROOT), str(ROOT / "testing")])
+    env = {**secrets, "PYTHONPATH": path, "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        [sys.executable, "-c", SENTRY_APP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    # every failure recorded, with each frame's locals (Sentry's default)
+    assert report["events"] == 11 and report["vars"] == 11
+    for event in report["text"]:
+        for secret in [*secrets.values(), report["secret"], "cartesia_tok_"]:
+            assert secret not in event, (secret, event[:2000])
+
+
+GEVENT_APP = """
+import json, os, sys, time
+import avaturn_session as av  # imported first, as a gunicorn config does
+from gevent import monkey
+monkey.patch_all()
+import gevent
+
+def visitor(n):
+    seconds = 30 if n % 2 else 0.3  # half of them with a short budget of their own
+    try:
+        with av.deadline(seconds):
+            s = av.create_session()
+            av.terminate_session(s.session_id)
+        return "ok"
+    except av.APITimeoutError:
+        return "timeout"
+
+started = time.monotonic()
+jobs = [gevent.spawn(visitor, n) for n in range(50)]
+gevent.joinall(jobs, raise_error=True)
+print(json.dumps({"results": [j.value for j in jobs], "took": time.monotonic() - started}))
+"""
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_gevent_patching_after_import_serves_greenlets_each_on_its_own_budget(
+    fake, tmp_path, no_env, scheme
+):
+    pytest.importorskip("gevent")
+    env = {"AVATURN_API_KEY": KEY, "AVATURN_BASE_URL": fake.url}
+    if scheme == "https":
+        trustme = pytest.importorskip("trustme")
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
+        (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+        env |= {"AVATURN_BASE_URL": fake.url.replace("http:", "https:")}
+        env |= {"REQUESTS_CA_BUNDLE": str(tmp_path / "ca.pem")}
+    fake.latency = 0.2  # each create waits: greenlets must wait together
+    env |= {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        [sys.executable, "-c", GEVENT_APP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    # one greenlet's short budget never reached another (0.3.0: a thread-local
+    # shared by all greenlets; OverflowError, RecursionError, sessions left)
+    assert report["results"] == ["timeout", "ok"] * 25
+    assert report["took"] < 10  # together: 50 creates one after another take 20 s
+    wait_for(lambda: not fake.sessions)  # the timed-out creates were ended too
+
+
+# --------------------------------------------------------------------------- #
 # Proxies: the key never goes in clear through one
 # --------------------------------------------------------------------------- #
 
@@ -3286,6 +3487,15 @@ def test_cli_dry_run_masks_secrets_in_engine_json(capsys, no_env, monkeypatch, m
     assert code == 0
     assert out["url"] == "http://127.0.0.1:9/api/v1/sessions"
     assert out["json"]["conversation_engine"]["headers"] == {"X-Key": "***"}
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_cli_dry_run_masks_a_credential_under_any_usual_name(capsys, no_env, name):
+    engine = {"type": "qwen-omni", "config": {name: "CRED-SENTINEL"}}
+    code, out, _ = run_cli(
+        capsys, "create", "--dry-run", "--engine", json.dumps(engine)
+    )
+    assert code == 0 and out["json"]["conversation_engine"]["config"] == {name: "***"}
 
 
 def test_cli_dry_run_cartesia_and_text_echo(capsys, no_env, mock):
