@@ -172,8 +172,10 @@ _READ_CHUNK = 16 * 1024
 _MAX_LINE = 8 * 1024
 _MAX_HEAD_BYTES = 64 * 1024
 
-# Configurations kept ready per process (``ready=True``); more mint inline.
+# Configurations kept ready per process (``ready=True``; more mint inline),
+# and the name of the one thread that mints them.
 _MAX_READY = 8
+_READY_THREAD = "avaturn-session-ready"
 
 # Create-session limits from the API reference: (least, most) seconds.
 _LIMITS = {"user_absent_timeout": (10, None), "max_duration": (60, 86400)}
@@ -982,6 +984,7 @@ def close_shared_clients() -> None:
     at shutdown; all of it is built again on next use."""
     global _process
     process, _process = _process, None
+    _JOBS.clear()
     if process is not None and process.pid == os.getpid():
         process.ready.stop()
         client = process.client
@@ -2000,7 +2003,9 @@ class _Ready:
 
     def wake(self) -> None:
         if self.thread is None and not self.stopped:
-            self.thread = threading.Thread(target=self.run, daemon=True)
+            self.thread = threading.Thread(
+                target=self.run, name=_READY_THREAD, daemon=True
+            )
             try:
                 self.thread.start()
             except RuntimeError:  # no thread to be had: callers mint inline

@@ -44,6 +44,7 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import requests
@@ -2236,6 +2237,127 @@ def test_mint_cartesia_refuses_bad_input_before_sending(no_env, mock, kwargs, ma
     with pytest.raises(av.ConfigurationError, match=match):
         av.mint_cartesia_access_token(**kwargs)
     assert len(mock.calls) == 0
+
+
+# --------------------------------------------------------------------------- #
+# Ready credentials (ready=True): minted ahead, each handed out once
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def minter(monkeypatch, openai_fake):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ready")
+    monkeypatch.setenv("CARTESIA_API_KEY", "ck-ready")
+    monkeypatch.setenv("CARTESIA_BASE_URL", openai_fake.url)
+    return openai_fake
+
+
+def ready_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "avaturn-session-ready"]
+
+
+def ahead_of(minter: FakeAvaturn, *handed: str) -> str:
+    """The credential minted ahead: the one of the first two not handed out."""
+    wait_for(lambda: len(minter.mints) >= 2)
+    [ahead] = {mint[0] for mint in minter.mints[:2]} - set(handed)
+    return ahead
+
+
+def test_ready_hands_out_a_credential_minted_ahead_and_replaces_it(minter):
+    first = av.mint_openai_client_secret(ready=True)  # none ready: minted now
+    ahead = ahead_of(minter, first)  # and the next one, in the background
+    second = av.mint_openai_client_secret(ready=True)
+    assert second == ahead
+    wait_for(lambda: len(minter.mints) == 3)  # its replacement, at once
+    assert repr(second) == "***"
+
+
+def test_ready_hands_each_credential_to_one_caller_only(minter):
+    av.mint_openai_client_secret(ready=True)
+    wait_for(lambda: len(minter.mints) == 2)
+    got: list[str] = []
+    assert (
+        run_threads(32, lambda: got.append(av.mint_openai_client_secret(ready=True)))
+        == []
+    )
+    assert len(set(got)) == 32  # the docs' rule: one per user session, never reused
+
+
+def test_ready_never_hands_out_one_past_its_share_of_life(minter, monkeypatch):
+    ahead = ahead_of(minter, av.mint_cartesia_access_token(expires_in=100, ready=True))
+    real = av._now
+    monkeypatch.setattr(av, "_now", lambda: real() + 100 * (1 - av.READY_MIN_LIFE) + 1)
+    assert av.mint_cartesia_access_token(expires_in=100, ready=True) != ahead
+
+
+def test_ready_credentials_are_kept_per_configuration(minter):
+    brief = {"model": "gpt-realtime", "instructions": "Be brief."}
+    kind = {"model": "gpt-realtime", "instructions": "Be kind."}
+    av.mint_openai_client_secret(brief, ready=True)
+    wait_for(lambda: len(minter.mints) == 2)
+    mints = lambda: {value: (body, key) for value, body, key in minter.mints}
+    value = av.mint_openai_client_secret(kind, ready=True)
+    # minted for its own configuration, never the other's
+    assert mints()[value][0]["session"]["instructions"] == "Be kind."
+    for key in ("sk-ready", "sk-other"):  # nor for another key
+        minted = len(minter.mints)
+        got = av.mint_openai_client_secret(brief, api_key=key, ready=True)
+        assert mints()[got] == ({"expires_after": ANY, "session": ANY}, key)
+        assert mints()[got][0]["session"]["instructions"] == "Be brief."
+        wait_for(lambda n=minted: len(minter.mints) > n)  # the next one is ready
+
+
+def test_ready_minting_failing_or_slow_never_fails_or_holds_a_caller(
+    minter, monkeypatch, caplog
+):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", minter.url)
+    av.mint_openai_client_secret(ready=True)
+    wait_for(lambda: len(minter.mints) == 2)
+    minter.script("openai", *[Fault("status", 500)] * 3, Fault("late", delay=10))
+    for attempts in (3, 4, 5):  # warm() asks the helper to mint ahead: it fails
+        av.warm()
+        wait_for(lambda n=attempts: minter.attempts["openai"] == n)
+    av.warm()  # and now it waits 10 s for an answer
+    wait_for(lambda: minter.attempts["openai"] == 6)
+    started = time.monotonic()
+    assert av.mint_openai_client_secret(ready=True)  # the one ahead
+    assert av.mint_openai_client_secret(ready=True)  # none: minted inline, at once
+    assert time.monotonic() - started < 5
+    warnings = [r.getMessage() for r in caplog.records if "ahead" in r.getMessage()]
+    assert len(warnings) == 1 and "sk-ready" not in warnings[0]  # once, redacted
+
+
+def test_ready_idle_costs_one_mint_per_lifetime_and_one_thread(minter, monkeypatch):
+    before = set(ready_threads())  # another test's, still finishing a mint
+    real = av._now
+    monkeypatch.setattr(av, "_now", lambda: real() * 100)  # a day in 15 minutes
+    av.mint_cartesia_access_token(expires_in=10, ready=True)
+    av.mint_openai_client_secret(expires_in=600, ready=True)
+    started = av._now()
+    time.sleep(0.5)  # idle for some 50 s of the library's clock
+    lifetimes = (av._now() - started) / 10 + 1  # of the 10 s token; the other: 1
+    assert len(minter.mints) <= 2 + lifetimes + 2  # one per lifetime, not a loop
+    assert len(set(ready_threads()) - before) == 1
+    av.close_shared_clients()  # stops it
+    wait_for(lambda: not set(ready_threads()) - before)
+
+
+def test_ready_a_forked_child_has_none_of_its_parent(minter):
+    ahead = ahead_of(minter, av.mint_openai_client_secret(ready=True))
+
+    def child() -> list[Any]:
+        os.environ |= {"AVATURN_API_KEY": KEY, "AVATURN_BASE_URL": minter.url}
+        mine = av.mint_openai_client_secret(ready=True)  # none here: minted now
+        threads = len(ready_threads())
+        av.warm()  # fills what this process's parent asked for
+        wait_for(lambda: len(minter.mints) >= 5)
+        return [mine, threads, av.mint_openai_client_secret(ready=True)]
+
+    mine, threads, warmed = in_child(child)
+    assert mine != ahead and threads <= 1  # the parent's thread did not come along
+    assert warmed in {m[0] for m in minter.mints} and warmed not in (mine, ahead)
+    assert av.mint_openai_client_secret(ready=True) == ahead  # still the parent's
 
 
 # --------------------------------------------------------------------------- #

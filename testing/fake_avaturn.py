@@ -108,6 +108,8 @@ class FakeAvaturn:
         self.chaos: tuple[random.Random, float, list[Fault]] | None = None
         self.token_factory = lambda n: f"tok_{n}_secret"
         self.minted_openai: list[dict[str, Any]] = []
+        # every credential issued, in order: (it, the request's body, its key)
+        self.mints: list[tuple[str, Any, str]] = []
         self.minted_cartesia: list[dict[str, Any]] = []
         self.last_headers: dict[str, dict[str, str]] = {}
         # (route, client port) per request: which connection carried it
@@ -237,6 +239,10 @@ class FakeAvaturn:
         if route in ("create", "say", "terminate") and auth != f"Bearer {self.api_key}":
             return self._reply(h, 401, {"detail": "Invalid API key"})
         status, payload = self._work(route, session_id, body)
+        if route in ("openai", "cartesia"):
+            value = payload.get("value") or payload.get("token")
+            with self.lock:
+                self.mints.append((value, body, auth.removeprefix("Bearer ")))
         if self.latency:
             time.sleep(self.latency)
         if fault is None:
