@@ -7,14 +7,14 @@ its token to the browser's Web SDK, push text for the avatar to say, terminate.
 
     secret = av.mint_openai_client_secret({"model": "gpt-realtime"})
     engine = av.openai_realtime_engine(secret)
-    with av.session(engine, user_absent_timeout=30) as s:
+    with av.deadline(20), av.session(engine, user_absent_timeout=30) as s:
         options = s.web_sdk_options()  # {"sessionToken": ..., "apiHost": ...}
         ...  # hand `options` to the browser's `new AvaturnHead(el, options)`
-    # leaving the block terminated the session, whatever happened inside
+    # leaving the block ended the session, whatever happened inside; every
+    # call in the deadline block ended within its 20 s
 
-    with av.deadline(20):  # one budget for every call in a web request
-        with av.session(av.text_echo_engine("voice_id")) as s:
-            av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
+    with av.session(av.text_echo_engine("voice_id")) as s:
+        av.say(s.session_id, "Hello!")  # text-echo sessions speak pushed text
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypedDict, TypeVar, cast
 
 import requests
 import requests.adapters
@@ -124,8 +124,9 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 #: nothing is sent once it has passed. ``deadline()`` bounds several calls.
 DEFAULT_DEADLINE = 60.0
 
-#: Seconds that ending a session a call created may take past its deadline
-#: (an unusable create answer, an interrupted create, a ``session()`` block).
+#: Seconds past a create's deadline to learn and end a session the server
+#: made (its answer is read for half, the DELETE gets the rest); also the
+#: least that ending a ``session()`` block gets, even past a deadline.
 CLEANUP_GRACE = 5.0
 
 #: Extra attempts after the first, for the failures that are safe to repeat.
@@ -161,10 +162,8 @@ READY_MIN_LIFE = 0.5
 # Random part of each backoff delay: the delay is scaled by 1 - JITTER * U[0, 1).
 _JITTER = 0.25
 
-# Largest integer option accepted where the API sets no bound.
+# Largest integer option where the API sets no bound; longest seconds (a day).
 _MAX_INT = 2**31 - 1
-
-# Longest timeout or deadline accepted, in seconds (a day).
 _MAX_SECONDS = 24 * 3600.0
 
 # Bytes asked of the socket per read; longest line and header block of an answer.
@@ -172,8 +171,7 @@ _READ_CHUNK = 16 * 1024
 _MAX_LINE = 8 * 1024
 _MAX_HEAD_BYTES = 64 * 1024
 
-# Configurations kept ready per process (``ready=True``; more mint inline),
-# and the name of the one thread that mints them.
+# Configurations kept ready per process (more mint inline); its thread's name.
 _MAX_READY = 8
 _READY_THREAD = "avaturn-session-ready"
 
@@ -181,17 +179,27 @@ _READY_THREAD = "avaturn-session-ready"
 _LIMITS = {"user_absent_timeout": (10, None), "max_duration": (60, 86400)}
 _BACKGROUNDS = ("default", "transparent")
 
-# OpenAI Realtime client secrets live 10 s to 2 h; Cartesia tokens up to 1 h.
-_OPENAI_MIN_EXPIRES_IN = 10
-_OPENAI_MAX_EXPIRES_IN = 7200
-_OPENAI_DEFAULT_SESSION: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime"}
-_CARTESIA_MAX_EXPIRES_IN = 3600
-
-# Minting providers: (the key's variable, the base URL's variable and default).
+# Minting providers: the key's variable, the base URL's variable and default,
+# the path, the credential's field, its lifetime in seconds (least, most).
 _MINTERS = {
-    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1"),
-    "cartesia": ("CARTESIA_API_KEY", "CARTESIA_BASE_URL", "https://api.cartesia.ai"),
+    "openai": (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "https://api.openai.com/v1",
+        "/realtime/client_secrets",
+        "value",
+        (10, 7200),
+    ),
+    "cartesia": (
+        "CARTESIA_API_KEY",
+        "CARTESIA_BASE_URL",
+        "https://api.cartesia.ai",
+        "/access-token",
+        "token",
+        (1, 3600),
+    ),
 }
+_OPENAI_DEFAULT_SESSION: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime"}
 # Headers sent when minting: Cartesia's API version; OpenAI's organization and
 # project, when their variables (read by the openai SDK too) are set.
 _CARTESIA_VERSION = "2025-04-16"
@@ -203,8 +211,8 @@ _OPENAI_HEADERS = (
 _PATH_SESSIONS = "/api/v1/sessions"
 _USER_AGENT = f"avaturn-session/{__version__}"
 
-# Deepest JSON sent or redacted (deeper is refused or cut); longest detail
-# quoted in a message; session tokens remembered to be scrubbed from errors.
+# Deepest JSON sent or redacted; longest detail quoted in a message; session
+# tokens remembered, to be scrubbed from any later error.
 _MAX_JSON_DEPTH = 32
 _MAX_DETAIL_CHARS = 500
 _REMEMBERED_TOKENS = 256
@@ -225,19 +233,15 @@ _log = logging.getLogger("avaturn_session")
 
 
 class AvaturnError(Exception):
-    """Root of every error this module raises. ``str()`` is its message; its
-    fields are attributes. ``args`` is (message, fields), so pickle and
+    """Root of every error this module raises: ``str()`` is the message, the
+    fields are attributes, and ``args`` is (message, fields), so pickle and
     celery's JSON serializer both rebuild the same class, message and fields."""
 
     #: A session the failed call created that may still be running, if known.
     session_id: str | None = None
 
     def __init__(
-        self,
-        message: str = "",
-        fields: Mapping[str, Any] | None = None,
-        /,
-        **more: Any,
+        self, message: str = "", fields: Mapping[str, Any] | None = None, /, **more: Any
     ) -> None:
         fields = {**(fields or {}), **more}
         super().__init__(message, fields)
@@ -258,12 +262,12 @@ class CredentialError(AvaturnError):
 
 
 class APIConnectionError(AvaturnError):
-    """No HTTP answer arrived: refused, reset, DNS failure, a cut-off answer."""
+    """No HTTP answer arrived: refused, reset, DNS failure, a cut-off answer.
+    ``.request_sent``: a byte of it was written to a socket (or it went through
+    a caller's ``http_session``, which does not count)."""
 
     method: str = ""
     path: str = ""
-    #: True exactly when a byte of the request was written to a socket (or it
-    #: went through a caller's ``http_session``, which does not count).
     request_sent: bool = True
 
 
@@ -280,8 +284,9 @@ class APIResponseError(AvaturnError):
 
 
 class APIStatusError(AvaturnError):
-    """The server answered with a 4xx or 5xx status: ``str()`` reads
-    ``422 Unprocessable Entity (request req_1): loc: msg``."""
+    """A 4xx or 5xx answer: ``422 Unprocessable Entity (request req_1): loc: msg``.
+    ``.retry_after``: seconds the server asked to wait; ``.errors``: FastAPI's
+    validation items."""
 
     status_code: int = 0
     detail: Any = None
@@ -289,10 +294,8 @@ class APIStatusError(AvaturnError):
     method: str = ""
     path: str = ""
     body: Any = None
-    #: Seconds the server asked us to wait (Retry-After), if it said.
     retry_after: float | None = None
-    #: FastAPI validation items ({"loc", "msg", "type", ...}); empty otherwise.
-    errors: list[Any] = []  # noqa: RUF012 - never mutated, replaced per error
+    errors: list[Any] = []  # noqa: RUF012 - replaced, never changed
 
 
 class BadRequestError(APIStatusError):
@@ -360,47 +363,22 @@ def _render_detail(detail: Any) -> str:
 # --------------------------------------------------------------------------- #
 
 
-class AvaturnSession:
-    """A created session: its id, the browser's token and the API host it lives on.
-    Immutable, compared by value; the token shows as ``***`` in any repr."""
+class AvaturnSession(
+    NamedTuple(
+        "AvaturnSession", [("session_id", str), ("token", str), ("api_host", str)]
+    )
+):
+    """A created session: its id, the browser's token and the API host it lives
+    on. Immutable, compared by value; the token shows in no repr."""
 
-    __slots__ = ("api_host", "session_id", "token")
-    __match_args__ = ("session_id", "token", "api_host")
-
-    session_id: str
-    token: str
-    api_host: str
-
-    def __init__(self, session_id: str, token: str, api_host: str) -> None:
-        object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "token", _Secret(token))
-        object.__setattr__(self, "api_host", api_host)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"AvaturnSession is immutable: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"AvaturnSession is immutable: cannot delete {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is AvaturnSession and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (AvaturnSession, self._fields())
+    __slots__ = ()
 
     def __repr__(self) -> str:
-        sid, host = getattr(self, "session_id", None), getattr(self, "api_host", None)
-        return f"AvaturnSession(session_id={sid!r}, api_host={host!r})"
-
-    def _fields(self) -> tuple[str, str, str]:
-        return (self.session_id, self.token, self.api_host)
+        return f"AvaturnSession(session_id={self[0]!r}, api_host={self[2]!r})"
 
     def web_sdk_options(self) -> dict[str, str]:
         """Options for ``new AvaturnHead(element, options)`` in the Web SDK."""
-        return {"sessionToken": self.token, "apiHost": self.api_host}
+        return {"sessionToken": _Secret(self.token), "apiHost": self.api_host}
 
     def web_sdk_html(
         self,
@@ -487,7 +465,7 @@ _WEB_SDK_PAGE = """<!doctype html>
 
 
 class _CreateOptions(TypedDict, total=False):
-    """``create_session``'s options, for ``session()``, which forwards them."""
+    """``create_session``'s options, for the functions that forward them."""
 
     avatar_id: str | None
     background: str | None
@@ -506,21 +484,20 @@ class _CreateOptions(TypedDict, total=False):
 
 def openai_realtime_engine(client_secret: str) -> dict[str, Any]:
     """Engine config for an OpenAI Realtime session bound to a client secret (``ek_...``)."""
-    return _check_engine(
-        _hide({"type": "openai-realtime", "client_secret": client_secret})
-    )
+    return _check_engine({"type": "openai-realtime", "client_secret": client_secret})
 
 
 def cartesia_engine(access_token: str, agent_id: str) -> dict[str, Any]:
     """Engine config for a Cartesia Line agent, with a freshly minted access token."""
-    engine = {"type": "cartesia", "access_token": access_token, "agent_id": agent_id}
-    return _check_engine(_hide(engine))
+    return _check_engine(
+        {"type": "cartesia", "access_token": access_token, "agent_id": agent_id}
+    )
 
 
 def text_echo_engine(voice_id: str) -> dict[str, Any]:
     """Engine config for the legacy text-echo type: an ElevenLabs voice says pushed text."""
     tts = {"engine": "elevenlabs", "voice_id": voice_id}
-    return _check_engine(_hide({"type": "text-echo", "tts": tts}))
+    return _check_engine({"type": "text-echo", "tts": tts})
 
 
 def external_engine(
@@ -535,12 +512,12 @@ def external_engine(
     are sent by Avaturn when it connects and are treated as secrets;
     ``user_sample_rate`` is the user's audio rate in Hz.
     """
-    engine: dict[str, Any] = {"type": "external", "url": url}
-    if headers is not None:
-        engine["headers"] = headers
+    engine = _hide({"type": "external", "url": url, "headers": headers})
+    if headers is None:
+        del engine["headers"]
     if user_sample_rate is not None:
         engine["audio"] = {"user": {"sample_rate": user_sample_rate}}
-    return _check_engine(_hide(engine))
+    return _check_engine(engine)
 
 
 # --------------------------------------------------------------------------- #
@@ -565,25 +542,24 @@ def mint_openai_client_secret(
     default model ``gpt-realtime``); ``expires_in``: seconds, 10..7200. Key from
     ``api_key`` or ``OPENAI_API_KEY``; host from ``base_url``, ``OPENAI_BASE_URL``
     or ``https://api.openai.com/v1``. One POST, never repeated, within
-    ``timeout`` and ``deadline`` (``DEFAULT_TIMEOUT``, ``DEFAULT_DEADLINE``;
-    any ``deadline()`` block too). ``ready=True``: a secret minted ahead for
-    this exact configuration when one is ready (``READY_MIN_LIFE``), the next
-    minted in the background. ``openai_client`` is deprecated: it mints
-    through that SDK client, bounded by its own timeout only. Raises
-    ``ConfigurationError`` or ``CredentialError`` (``provider="openai"``).
+    ``timeout`` and ``deadline`` (``DEFAULT_TIMEOUT``, ``DEFAULT_DEADLINE``, and
+    any ``deadline()`` block). ``ready=True``: one minted ahead for this exact
+    configuration when one is ready (``READY_MIN_LIFE``); the next is minted
+    in the background. ``openai_client`` (deprecated) mints through that SDK
+    client, bounded by one timeout only. Raises ``ConfigurationError`` or
+    ``CredentialError`` (``provider="openai"``).
     """
-    _check_int(expires_in, "expires_in", _OPENAI_MIN_EXPIRES_IN, _OPENAI_MAX_EXPIRES_IN)
     if session is not None and not isinstance(session, Mapping):
         raise ConfigurationError("session must be a mapping")
-    config = _OPENAI_DEFAULT_SESSION if session is None else _hide(session)
+    config = _OPENAI_DEFAULT_SESSION if session is None else session
     body = {
         "expires_after": {"anchor": "created_at", "seconds": expires_in},
-        "session": {"type": "realtime", **config},
+        "session": {"type": "realtime", **_hide(config)},
     }
+    options = (expires_in, api_key, base_url, ready, timeout, deadline)
     if openai_client is not None:
-        return _mint_with_sdk(openai_client, _Payload(body), timeout, deadline)
-    args = ("/realtime/client_secrets", body, "value", expires_in, ready)
-    return _mint("openai", api_key, base_url, *args, timeout, deadline)
+        return _mint_with_sdk(openai_client, body, *options)
+    return _mint("openai", body, *options)
 
 
 def mint_cartesia_access_token(
@@ -602,47 +578,30 @@ def mint_cartesia_access_token(
     ``ready``, ``timeout`` and ``deadline`` as in ``mint_openai_client_secret``.
     Raises ``ConfigurationError`` or ``CredentialError`` (``provider="cartesia"``).
     """
-    _check_int(expires_in, "expires_in", 1, _CARTESIA_MAX_EXPIRES_IN)
     body = {"grants": {"agent": True}, "expires_in": expires_in}
-    args = ("/access-token", body, "token", expires_in, ready)
-    return _mint("cartesia", api_key, base_url, *args, timeout, deadline)
+    options = (expires_in, api_key, base_url, ready, timeout, deadline)
+    return _mint("cartesia", body, *options)
 
 
-def _mint(
-    provider: str,
-    api_key: str | None,
-    base_url: str | None,
-    path: str,
-    body: dict[str, Any],
-    field: str,
-    lifetime: int,
-    ready: bool,
-    timeout: object,
-    deadline: object,
-) -> str:
-    """A credential: one minted ahead (``ready``), else minted now."""
+def _mint(provider: str, body: dict[str, Any], *options: Any) -> str:
+    """A credential: one minted ahead (``ready``) if there is one, else minted now."""
+    lifetime, api_key, base_url, ready, timeout, deadline = options
+    _check_int(lifetime, "expires_in", *_MINTERS[provider][5])
     if not isinstance(ready, bool):
         raise ConfigurationError("ready must be True or False")
     minter, payload = _minter(provider, api_key, base_url), _Payload(body)
     timeouts = minter.timeout if timeout is None else _check_timeout(timeout)
     seconds = minter.deadline if deadline is None else _check_seconds(deadline)
-    job = (provider, minter, path, payload, field, timeouts, seconds)
-    if ready and (value := _here().ready.take(job, lifetime)) is not None:
+    job = (provider, minter, payload, timeouts, seconds, lifetime)
+    if ready and (value := _here().ready.take(job)) is not None:
         return value
     return _mint_now(*job)
 
 
-def _mint_now(
-    provider: str,
-    minter: _Transport,
-    path: str,
-    payload: _Payload,
-    field: str,
-    timeout: tuple[float, float],
-    deadline: float,
-) -> str:
+def _mint_now(provider: str, minter: _Transport, payload: _Payload, *call: Any) -> str:
     """POST one minting request: the credential in its answer, else CredentialError."""
-    answer = minter.call("POST", path, payload, timeout=timeout, deadline=deadline)
+    _, _, _, path, field, _ = _MINTERS[provider]
+    answer = minter.call("POST", path, payload, *call[:2])
     try:
         return _Secret(answer.string(field))
     except AvaturnError as exc:
@@ -652,29 +611,28 @@ def _mint_now(
         ) from exc
 
 
-def _mint_with_sdk(
-    client: Any, payload: _Payload, timeout: object, deadline: object
-) -> str:
+def _mint_with_sdk(client: Any, body: dict[str, Any], *options: Any) -> str:
     """Mint through the caller's ``openai.OpenAI`` (deprecated: no total deadline)."""
     import warnings
 
-    message = "openai_client= is deprecated (no total deadline); remove it to mint here"
+    lifetime, _, _, _, timeout, deadline = options
+    _check_int(lifetime, "expires_in", *_MINTERS["openai"][5])
+    message = "openai_client= is deprecated (no total deadline); mint without it"
     warnings.warn(message, DeprecationWarning, stacklevel=3)
     seconds = max(DEFAULT_TIMEOUT if timeout is None else _check_timeout(timeout))
     left = _expiry(DEFAULT_DEADLINE if deadline is None else _check_seconds(deadline))
-    failure, value = "the answer carried no client secret value", None
+    payload, failure, value = _Payload(body), "no client secret value", None
     try:
         sdk = client.with_options(timeout=min(seconds, left - _now()), max_retries=0)
         value = sdk.realtime.client_secrets.create(**payload.body).value
     except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
         # The reason, not the exception: its frames hold the request's headers.
         key = _Secret(getattr(client, "api_key", None) or "")  # masked at once
-        secrets = _known_secrets((key, *payload.secrets))
-        failure = _redact(f"{type(exc).__name__}: {exc}", secrets)
+        failure = f"{type(exc).__name__}: {exc}"
+        failure = _redact(failure, _known_secrets((key, *payload.secrets)))
     if not isinstance(value, str) or not value:
-        raise CredentialError(
-            f"openai: could not mint a credential: {failure}", provider="openai"
-        )
+        message = f"openai: could not mint a credential: {failure}"
+        raise CredentialError(message, provider="openai")
     return _Secret(value)
 
 
@@ -692,7 +650,7 @@ class AvaturnClient:
     call, every attempt and wait included (each method takes both too);
     ``max_retries``: extra attempts, only where repeating cannot double-bill.
     ``http_session``: a ``requests.Session`` to send through, never closed;
-    its adapters do not count bytes, so a failure through it counts as sent.
+    its adapters count no bytes, so a failure through it counts as sent.
     """
 
     def __init__(
@@ -750,41 +708,30 @@ class AvaturnClient:
 
         ``engine``: any engine mapping; ``user_absent_timeout`` (>= 10) and
         ``max_duration`` (60..86400): seconds; ``extra``: more top-level fields.
-        Only what was set is sent. Bad input raises ``ConfigurationError`` before
-        anything is sent; never retried once it may have reached the server.
-        If anything fails after the server may have created the session, the
-        session its answer names (read leniently) is ended within
-        ``CLEANUP_GRACE``; the error says which one may still run, if any.
+        Only what was set is sent; bad input raises ``ConfigurationError`` first.
+        Never sent twice. If anything fails once the server may have made the
+        session, the session its answer names (read leniently) is ended within
+        ``CLEANUP_GRACE``; the error says what may still run.
         """
-        options = {
-            "avatar_id": avatar_id,
-            "background": background,
-            "render_model": render_model,
-            "user_absent_timeout": user_absent_timeout,
-            "max_duration": max_duration,
-            "extra": extra,
-        }
-        payload = _Payload(_build_create_body(_hide(engine), _hide(options)))
+        options: dict[str, Any] = {"avatar_id": avatar_id, "background": background}
+        options |= {"render_model": render_model, "max_duration": max_duration}
+        options |= {"user_absent_timeout": user_absent_timeout, "extra": _hide(extra)}
+        payload = _Payload(_build_create_body(_hide(engine), options))
         trail: list[_Attempt] = []
         try:
-            # Past the deadline, a sent create's answer is still read for half
-            # the grace: it names the session, to be ended in the other half.
             answer = self._transport.call(
                 "POST",
                 _PATH_SESSIONS,
                 payload,
                 timeout,
                 deadline,
-                grace=CLEANUP_GRACE / 2,
-                trail=trail,
+                CLEANUP_GRACE / 2,
+                trail,
             )
             fields = answer.json_object()
             session_id, token = fields.get("session_id"), fields.get("token")
-            if not (
-                isinstance(session_id, str)
-                and session_id
-                and isinstance(token, str)
-                and token
+            if not (isinstance(session_id, str) and isinstance(token, str)) or not (
+                session_id and token
             ):
                 raise answer.unusable("has no 'session_id' and 'token' strings")
             _TOKENS.append(token)
@@ -806,10 +753,10 @@ class AvaturnClient:
         path = _session_path(session_id) + "/tasks"
         if not _check_text(text, "text").strip():
             raise ConfigurationError("text must not be blank")
-        payload = _Payload({"text": text})
-        return self._transport.call("POST", path, payload, timeout, deadline).string(
-            "task_id"
+        answer = self._transport.call(
+            "POST", path, _Payload({"text": text}), timeout, deadline
         )
+        return answer.string("task_id")
 
     def terminate_session(
         self,
@@ -844,29 +791,24 @@ class AvaturnClient:
             self._end(created.session_id, "after an error in the with-block")
             raise
         until = max(self._transport.expiry(options.get("deadline")), _grace())
-        self._terminate(created.session_id, options.get("timeout"), until=until)
+        self._terminate(created.session_id, options.get("timeout"), None, until)
 
     def _terminate(
-        self,
-        session_id: str,
-        timeout: object = None,
-        deadline: object = None,
-        until: float | None = None,
+        self, session_id: str, timeout: Any, deadline: Any, until: float | None = None
     ) -> bool:
         path = _session_path(session_id)
         answer = self._transport.call(
-            "DELETE", path, None, timeout, deadline, until=until, gone_ok=True
+            "DELETE", path, None, timeout, deadline, until=until
         )
         answer.check()
         return answer.status not in _GONE or answer.acted_before
 
     def _end(self, session_id: str, why: str, until: float | None = None) -> bool:
-        """End a session this client created, within ``CLEANUP_GRACE`` past its
-        deadline; on failure log a WARNING and return False instead of raising."""
-        if until is None:
-            until = max(self._transport.expiry(None), _grace())
+        """End a session this client made (at least ``CLEANUP_GRACE`` for it);
+        on failure log a WARNING and return False instead of raising."""
+        until = until or max(self._transport.expiry(None), _grace())
         try:
-            self._terminate(session_id, until=until)
+            self._terminate(session_id, None, None, until)
         except AvaturnError as exc:
             _log.warning("could not end session %s (%s): %s", session_id, why, exc)
             return False
@@ -874,7 +816,7 @@ class AvaturnClient:
 
     def _end_lost(self, trail: list[_Attempt], exc: BaseException) -> None:
         """After a create failed: end the session its answer names, if any (read
-        leniently); say on the error what may still be running."""
+        leniently), inside the grace; say on the error what may still run."""
         last = trail[-1] if trail else None
         if last is None or not last.may_have_acted():
             return
@@ -900,8 +842,8 @@ class AvaturnClient:
 def create_session(
     engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
 ) -> AvaturnSession:
-    """``AvaturnClient.create_session`` (``timeout=``, ``deadline=`` too) on the
-    shared client built from the environment."""
+    """``AvaturnClient.create_session`` (``timeout=`` and ``deadline=`` too) on
+    the shared client built from the environment."""
     return _client().create_session(engine, **options)
 
 
@@ -937,12 +879,12 @@ def session(
 def deadline(seconds: float) -> Iterator[None]:
     """Bound every call in the block, together, to ``seconds`` from now.
 
-    Each call ends by the earlier of its own deadline and the block's; an inner
-    block can only shorten an outer one. Context-local (a ``ContextVar``): right
-    in threads and greenlets. Also a decorator: ``@av.deadline(20)`` on a view.
+    Each call ends by the earlier of its own deadline and the block's (a
+    create's cleanup gets ``CLEANUP_GRACE`` more); an inner block can only
+    shorten an outer one. Context-local: right in threads and greenlets. Also
+    a decorator: ``@av.deadline(20)`` over a view.
     """
-    expires_at = min(_BUDGET.get(), _now() + _check_seconds(seconds, "seconds"))
-    token = _BUDGET.set(expires_at)
+    token = _BUDGET.set(min(_BUDGET.get(), _now() + _check_seconds(seconds, "seconds")))
     try:
         yield
     finally:
@@ -987,12 +929,9 @@ def close_shared_clients() -> None:
     _JOBS.clear()
     if process is not None and process.pid == os.getpid():
         process.ready.stop()
-        client = process.client
-        for transport in [
-            *process.minters.values(),
-            *([client._transport] if client else []),
-        ]:
-            transport.close()
+        for transport in [*process.minters.values(), process.client]:
+            if transport is not None:
+                transport.close()
 
 
 def _client() -> AvaturnClient:
@@ -1006,9 +945,7 @@ def _client() -> AvaturnClient:
         with here.lock:
             client = here.client
             if client is None or client._env != env:
-                client = AvaturnClient(
-                    env[0] or "", base_url=env[1] or DEFAULT_BASE_URL
-                )
+                client = AvaturnClient(key, base_url=env[1] or DEFAULT_BASE_URL)
                 client._env, here.client = env, client
     return client
 
@@ -1016,7 +953,7 @@ def _client() -> AvaturnClient:
 def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transport:
     """The transport to a minting provider, its key, host and headers read once,
     here; kept per process, so that mints reuse one connection. Never retried."""
-    key_variable, url_variable, default_url = _MINTERS[provider]
+    key_variable, url_variable, default_url, *_ = _MINTERS[provider]
     auth = _auth(api_key, key_variable)
     if base_url is None:
         base_url = os.environ.get(url_variable) or default_url
@@ -1026,14 +963,12 @@ def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transp
     for header, value in headers.items():
         if not _KEY_CHARS.fullmatch(value):
             raise ConfigurationError(f"{header} must be printable ASCII without spaces")
-    minters = _here().minters
-    key = (auth.key, base_url, tuple(headers.items()))
-    minter = minters.get(key)
-    if minter is None:
+    minters, key = _here().minters, (auth.key, base_url, tuple(headers.items()))
+    if key not in minters:
         if len(minters) >= _MAX_READY:
             minters.clear()  # dropped, not closed: another thread may be minting
-        minter = minters[key] = _Transport(auth, base_url, headers=headers)
-    return minter
+        minters[key] = _Transport(auth, base_url, headers=headers)
+    return minters[key]
 
 
 # --------------------------------------------------------------------------- #
@@ -1054,38 +989,33 @@ _NETWORK_ERRORS = (
 )
 _TIMEOUTS = (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)
 
-# The one budget of every call in a ``deadline()`` block: when it ends.
+# When the ``deadline()`` block around the current call ends (context-local).
 _BUDGET: contextvars.ContextVar[float] = contextvars.ContextVar(
     "avaturn_session.deadline", default=math.inf
 )
+_T = TypeVar("_T")
 
 
 def _expiry(seconds: float) -> float:
-    """When a call of ``seconds`` started now must end: never after its block's."""
+    """When a call of ``seconds`` starting now must end: never after its block."""
     return min(_now() + seconds, _BUDGET.get())
 
 
 def _grace() -> float:
-    """Until when ending a session may go on, from now (``CLEANUP_GRACE``)."""
     return _now() + CLEANUP_GRACE
 
 
 class _Payload:
     """A JSON request body: ``data`` as sent, ``secrets`` (every ``_Secret`` in
     it) to scrub from errors; its repr shows neither. What json refuses is a
-    ConfigurationError, raised from a frame holding only the hidden copy."""
+    ConfigurationError, raised from a frame that holds only the hidden copy."""
 
     def __init__(self, body: Any) -> None:
         found: list[str] = []
-        body = _hide(body, found)  # every credential in it, to scrub from errors
-        problem = None
+        body, problem = _hide(body, found), None
         try:
             text = json.dumps(
-                body,
-                allow_nan=False,
-                ensure_ascii=False,
-                separators=(",", ":"),
-                default=_not_json,
+                body, allow_nan=False, ensure_ascii=False, default=_not_json
             )
             self.data = text.encode("utf-8")  # a lone surrogate fails here
         except (TypeError, ValueError, RecursionError) as exc:
@@ -1098,42 +1028,33 @@ class _Payload:
         return f"<_Payload {len(getattr(self, 'data', b''))} bytes>"
 
 
-_T = TypeVar("_T")
-
-
 class _Attempt(urllib3.Timeout):
     """One attempt of a call. Handed to requests as its ``timeout``, it travels
     with the request down to our connections (no thread-local, no global): in,
     the deadline and each step's timeout; out, the facts where they happen
     (bytes of the request written), then the answer (status, headers, the body
-    read so far), a failure, or the caller's interruption. Its repr shows none."""
+    read so far), a failure or the caller's interruption. Its repr shows none."""
 
     def __init__(
         self, method: str, path: str, expires_at: float, timeouts: tuple[float, float]
     ) -> None:
         left = expires_at - _now()  # what urllib3 reads (a caller's http_session)
-        super().__init__(
-            total=left if left > 0 else None, connect=timeouts[0], read=timeouts[1]
-        )
-        self.method, self.path, self.expires_at, self.timeouts = (
-            method,
-            path,
-            expires_at,
-            timeouts,
-        )
+        super().__init__(left if left > 0 else None, *timeouts)
+        self.method, self.path, self.expires_at = method, path, expires_at
+        self.timeouts, self.grace = timeouts, 0.0  # grace: to read once sent
         # Bytes of the request written to a socket, counted where they are
         # written; None: handed to an adapter that does not count (maybe sent).
         self.sent: int | None = 0
-        self.status = 0
-        self.headers: Mapping[str, str] = {}
-        self.body = bytearray()
+        self.status, self.headers, self.body = (
+            0,
+            cast(Mapping[str, str], {}),
+            bytearray(),
+        )
         self.problem: str | None = None  # why a 2xx body cannot be used
         self.failure: str | None = None  # why no (whole) answer arrived
-        self.timed_out = False
-        self.grace = 0.0  # seconds past the deadline to read an answer, once sent
+        self.timed_out, self.acted_before = False, False
         self.error: AvaturnError | None = None  # built once, when the loop gives up
         self.interrupt: BaseException | None = None
-        self.acted_before = False  # an earlier attempt of the call may have acted
 
     def __repr__(self) -> str:
         return f"<_Attempt {getattr(self, 'method', '')} {getattr(self, 'path', '')}>"
@@ -1157,7 +1078,7 @@ class _Attempt(urllib3.Timeout):
         return 200 <= self.status < 300 or (self.status >= 500 and self.status != 503)
 
     def label(self) -> str:
-        """What happened, for a log line: a status, or the failure's kind (no server text)."""
+        """What happened, for a log line (no server text)."""
         if self.failure is not None:
             return "timeout" if self.timed_out else "connection error"
         return "interrupted" if self.interrupt else _status_text(self.status)
@@ -1168,6 +1089,13 @@ class _Attempt(urllib3.Timeout):
             raise self.interrupt
         if self.error is not None:
             raise self.error
+
+    def string(self, name: str) -> str:
+        """A non-empty string field of this 2xx JSON answer, else APIResponseError."""
+        value = self.json_object().get(name)
+        if not isinstance(value, str) or not value:
+            raise self.unusable(f"has no {name!r} string")
+        return value
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object of this 2xx answer (secret-named strings hidden)."""
@@ -1184,45 +1112,29 @@ class _Attempt(urllib3.Timeout):
             raise self.unusable(self.problem or "not a JSON object")
         return fields
 
-    def string(self, name: str) -> str:
-        """A non-empty string field of this 2xx JSON answer, else APIResponseError."""
-        value = self.json_object().get(name)
-        if not isinstance(value, str) or not value:
-            raise self.unusable(f"has no {name!r} string")
-        return value
-
     def unusable(self, why: str) -> APIResponseError:
         """The error for this answer, unusable because of ``why``."""
+        message = f"{self.status} response to {self.method} {self.path}: {why}"
         return APIResponseError(
-            f"{self.status} response to {self.method} {self.path}: {why}",
-            status_code=self.status,
-            method=self.method,
-            path=self.path,
+            message, status_code=self.status, method=self.method, path=self.path
         )
 
     def recover(self, name: str) -> str | None:
         """``name``'s value in the bytes read, however broken the rest: a
         compressed, cut-off or malformed answer can still name a session."""
         body = bytes(self.body)
-        if self.headers.get("content-encoding", "").strip().lower() in (
-            "gzip",
-            "deflate",
-        ):
+        if self.headers.get("content-encoding", "").strip() in ("gzip", "deflate"):
             import zlib
 
             with contextlib.suppress(zlib.error):
                 body = zlib.decompressobj(47).decompress(body, MAX_RESPONSE_BYTES)
-        found = re.search(
-            rb'"%s"\s*:\s*("(?:[^"\\]|\\.){1,256}"|-?[\d.eE+]{1,40})' % name.encode(),
-            body,
-        )
-        if found is None:
-            return None
-        try:
-            value = json.loads(found[1]) if found[1][:1] == b'"' else found[1].decode()
-        except ValueError:
-            return None
-        return value if isinstance(value, str) else None
+        value = rb'("(?:[^"\\]|\\.){1,256}"|-?[\d.eE+]{1,40})'
+        found = re.search(rb'"%s"\s*:\s*' % name.encode() + value, body)
+        raw = found[1] if found else b""
+        with contextlib.suppress(ValueError):
+            text = json.loads(raw) if raw[:1] == b'"' else raw.decode()
+            return text if isinstance(text, str) and text else None
+        return None
 
 
 class _Transport:
@@ -1239,10 +1151,8 @@ class _Transport:
         http_session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.auth = auth
-        self.base_url = _check_base_url(base_url)
-        self.timeout = _check_timeout(timeout)
-        self.deadline = _check_seconds(deadline)
+        self.auth, self.base_url = auth, _check_base_url(base_url)
+        self.timeout, self.deadline = _check_timeout(timeout), _check_seconds(deadline)
         self.max_retries = _check_int(max_retries, "max_retries", 0, None)
         if http_session is not None and not isinstance(http_session, requests.Session):
             raise ConfigurationError("http_session must be a requests.Session")
@@ -1251,14 +1161,13 @@ class _Transport:
         host = urllib.parse.urlsplit(self.base_url).hostname
         self.proxies = dict(_NO_PROXIES) if _is_loopback(host) else None
         # identity: the body caps count what the server sends, nothing inflates.
-        common = {
+        self.headers = {
             "User-Agent": _USER_AGENT,
             "Accept": "application/json",
             "Accept-Encoding": "identity",
+            "Content-Type": "application/json",
             **(headers or {}),
         }
-        self.headers_plain = common
-        self.headers_json = {**common, "Content-Type": "application/json"}
 
     def __repr__(self) -> str:
         return f"_Transport(base_url={getattr(self, 'base_url', None)!r})"
@@ -1289,18 +1198,17 @@ class _Transport:
         payload: _Payload | None = None,
         timeout: object = None,
         deadline: object = None,
-        *,
-        until: float | None = None,
-        gone_ok: bool = False,
         grace: float = 0.0,
         trail: list[_Attempt] | None = None,
+        *,
+        until: float | None = None,
     ) -> _Attempt:
-        """Send with the retry rules; returns the last attempt: a 2xx answer (or,
-        with ``gone_ok``, a 404/410), or one carrying the typed error (built once,
-        here, when the loop gives up) or the caller's interruption. ``until``
-        replaces the deadline; ``grace``: seconds past it to read an answer that
-        was sent for (a late one counts as timed out); ``trail`` collects every
-        attempt as it starts."""
+        """Send with the retry rules; the last attempt: a 2xx answer (a 404/410 is
+        one too for a DELETE), else one carrying the typed error (built once,
+        here, when the loop gives up) or the caller's interruption. ``grace``:
+        seconds past the deadline to read an answer once sent (read late, it
+        counts as timed out); ``trail`` gets every attempt as it starts;
+        ``until`` replaces the deadline."""
         timeouts = self.timeout if timeout is None else _check_timeout(timeout)
         expires_at = self.expiry(deadline) if until is None else until
         trail = [] if trail is None else trail
@@ -1310,18 +1218,11 @@ class _Transport:
             trail.append(attempt)
             started = _now()
             self._send(payload, attempt)
-            if _log.isEnabledFor(logging.DEBUG):
-                took = (
-                    method,
-                    path,
-                    attempt.label(),
-                    (_now() - started) * 1000,
-                    len(trail),
-                )
-                _log.debug("%s %s -> %s in %.1f ms (attempt %d)", *took)
-            answered = 200 <= attempt.status < 300 or (
-                gone_ok and attempt.status in _GONE
-            )
+            took = (_now() - started) * 1000
+            info = (method, path, attempt.label(), took, len(trail))
+            _log.debug("%s %s -> %s in %.1f ms (attempt %d)", *info)
+            gone = method == "DELETE" and attempt.status in _GONE
+            answered = 200 <= attempt.status < 300 or gone
             if attempt.interrupt is not None or (answered and attempt.failure is None):
                 attempt.acted_before = any(a.may_have_acted() for a in trail[:-1])
                 return attempt
@@ -1351,7 +1252,7 @@ class _Transport:
                 attempt.method,
                 self.base_url + attempt.path,
                 data=None if payload is None else payload.data,
-                headers=self.headers_plain if payload is None else self.headers_json,
+                headers=self.headers,
                 auth=self.auth,
                 timeout=cast(Any, attempt),  # it travels down to our connections
                 allow_redirects=False,
@@ -1370,14 +1271,14 @@ class _Transport:
                     if len(attempt.body) > cap:
                         attempt.problem = f"body larger than {cap} bytes"
                         break
-                    attempt.wait(math.inf)  # a caller's session bounds each read alone
+                    attempt.wait(math.inf)  # a caller's session bounds reads one by one
                 del attempt.body[cap:]
                 if attempt.grace and _now() > attempt.expires_at:  # read in the grace
                     raise TimeoutError("deadline exceeded")
         except _NETWORK_ERRORS as exc:
             # requests wraps what our connections raise: the reason is theirs
             inner = (
-                exc.__context__ if isinstance(exc, requests.RequestException) else None
+                exc.__context__ if isinstance(exc, requests.RequestException) else exc
             )
             inner = inner if isinstance(inner, Exception) else exc
             attempt.failure = f"{type(inner).__name__.lstrip('_')}: {inner}"
@@ -1396,8 +1297,7 @@ class _Transport:
         if not isinstance(adapter, _Adapter):
             return True
         expires_at = min(self.expiry(deadline), _now() + self.timeout[0])
-        try:
-            # the route a request would take: the same proxies, verify and cert
+        try:  # the route a request takes: the same proxies, verify and cert
             env = self.http.merge_environment_settings(
                 url, self.proxies, None, None, None
             )
@@ -1427,13 +1327,9 @@ def _error(
     if attempt.failure is not None:
         kind = APITimeoutError if attempt.timed_out else APIConnectionError
         what = "timed out" if attempt.timed_out else "failed"
-        reason = _redact(attempt.failure, secrets)
-        return kind(
-            f"{method} {path} {what}: {reason}",
-            method=method,
-            path=path,
-            request_sent=attempt.request_sent,
-        )
+        message = f"{method} {path} {what}: {_redact(attempt.failure, secrets)}"
+        sent = attempt.request_sent
+        return kind(message, method=method, path=path, request_sent=sent)
     if status < 400:  # a redirect, or an informational answer a caller's adapter kept
         return attempt.unusable("a redirect, not followed (check the base URL)")
     text = bytes(attempt.body).decode("utf-8", errors="replace")
@@ -1446,20 +1342,20 @@ def _error(
         (fields[k] for k in ("detail", "message", "error") if k in fields), body
     )
     request_id = attempt.headers.get("x-request-id")
-    if request_id is not None:
-        request_id = _redact(request_id, secrets, limit=100) or None
+    request_id = request_id and (_redact(request_id, secrets, limit=100) or None)
     message = _status_text(status) + (f" (request {request_id})" if request_id else "")
     rendered = _render_detail(detail)
+    text = f"{message}: {rendered}" if rendered else message
+    about = {"status_code": status, "detail": detail, "request_id": request_id}
+    errors = list(detail) if isinstance(detail, list) else []
     return _error_class(status)(
-        f"{message}: {rendered}" if rendered else message,
-        status_code=status,
-        detail=detail,
-        request_id=request_id,
+        text,
+        about,
         method=method,
         path=path,
         body=body,
         retry_after=retry_after,
-        errors=list(detail) if isinstance(detail, list) else [],
+        errors=errors,
     )
 
 
@@ -1505,9 +1401,8 @@ def _new_http_session() -> requests.Session:
     http_session.mount("https://", adapter)
     http_session.mount("http://", adapter)
     # A cookie set for one user's request must not ride along on another's.
-    http_session.cookies.set_policy(
-        http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-    )
+    policy = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    http_session.cookies.set_policy(policy)
     return http_session
 
 
@@ -1537,8 +1432,8 @@ def _io(
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, on this module's HTTP/1.1 connections (``_Route``);
-    through an HTTPS or SOCKS proxy, urllib3's own (not counted: maybe sent)."""
+    """requests' adapter on this module's HTTP/1.1 connections (``_Route``);
+    through an HTTPS or SOCKS proxy, urllib3's own (counting nothing)."""
 
     def __init__(self) -> None:
         super().__init__(pool_connections=1, max_retries=0)
@@ -1567,11 +1462,11 @@ class _Adapter(requests.adapters.HTTPAdapter):
 
 
 class _Route:
-    """Where a request goes (scheme, host, port, proxy, TLS settings), the
-    idle connections there, and how to open one: what requests calls a pool."""
+    """Where a request goes (scheme, host, port, proxy, TLS settings), the idle
+    connections there, and how to open one: what requests calls a pool."""
 
     def __init__(
-        self, adapter: _Adapter, url: str, proxy: str | None, verify: Any, cert: Any
+        self, adapter: _Adapter, url: str, proxy: Any, verify: Any, cert: Any
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         self.tls, self.host = parts.scheme == "https", parts.hostname or ""
@@ -1585,17 +1480,17 @@ class _Route:
         self,
         method: str,
         url: str,
-        body: bytes | None = None,
-        headers: Any = None,
+        body: Any = None,
+        headers: Any = (),
         timeout: Any = None,
         **_: Any,
     ) -> _Answer:
-        """Write the request on an idle connection or a new one; the answer's head read."""
+        """Write the request on an idle connection or a new one; read the answer's head."""
         attempt = cast(_Attempt, timeout)  # requests passes our _Attempt through
         attempt.sent = 0  # counted from here, by _Conn.write
         conn = self.checkout() or self.connect(attempt)
         lines = [f"{method} {url} HTTP/1.1", f"Host: {self.netloc}"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
         try:
             conn.write(
                 attempt,
@@ -1609,13 +1504,11 @@ class _Route:
     def checkout(self) -> _Conn | None:
         """An idle connection still open and fresh, if there is one."""
         while self.idle:
-            try:
+            with contextlib.suppress(IndexError):  # another thread took the last one
                 conn = self.idle.pop()
-            except IndexError:  # another thread took the last one
-                break
-            if conn.alive():
-                return conn
-            conn.close()
+                if conn.alive():
+                    return conn
+                conn.close()
         return None
 
     def checkin(self, conn: _Conn, keep_alive: str) -> None:
@@ -1631,10 +1524,9 @@ class _Route:
     def connect(self, attempt: _Attempt) -> _Conn:
         """A new connection: resolve, connect to each address in turn, tunnel
         through the proxy, the TLS handshake; each step on the attempt's clock."""
+        host, port = self.host, self.port
         if self.proxy is not None:
             host, port = self.proxy.hostname or "", self.proxy.port or 80
-        else:
-            host, port = self.host, self.port
         error: OSError = _ProtocolError(f"{host} has no address")
         for family, kind, proto, _, address in _resolve(attempt, host, port):
             sock = socket.socket(family, kind, proto)
@@ -1677,12 +1569,9 @@ class _Route:
             user, password = requests.utils.get_auth_from_url(self.proxy.geturl())
             basic = base64.b64encode(f"{user}:{password}".encode()).decode()
             lines.append(f"Proxy-Authorization: Basic {basic}")
-        conn.write(
-            attempt, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), counted=False
-        )
-        _, status, _, _ = conn.head(attempt)
-        if status != 200:
-            raise _ProtocolError(f"the proxy refused a tunnel to {target}: {status}")
+        conn.write(attempt, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), False)
+        if conn.head(attempt)[1] != 200:
+            raise _ProtocolError(f"the proxy refused a tunnel to {target}")
 
 
 class _Conn:
@@ -1693,12 +1582,11 @@ class _Conn:
         self.sock, self.buffer, self.reusable_until = sock, bytearray(), math.inf
 
     def write(self, attempt: _Attempt, data: bytes, counted: bool = True) -> None:
-        """Write all of ``data``; the bytes of the request are counted as written."""
+        """Write all of ``data``; bytes of the request are counted as written."""
         view = memoryview(data)
         while view:
             written = _io(attempt, self.sock, attempt.timeouts[1], self.sock.send, view)
-            if counted:
-                attempt.sent = (attempt.sent or 0) + written
+            attempt.sent = (attempt.sent or 0) + written * counted
             view = view[written:]
 
     def fill(self, attempt: _Attempt) -> bool:
@@ -1716,31 +1604,34 @@ class _Conn:
         return data
 
     def readline(self, attempt: _Attempt) -> bytes:
-        """One line, through its LF: at most ``_MAX_LINE`` bytes, and whole."""
-        while (end := self.buffer.find(b"\n") + 1) == 0:
-            if len(self.buffer) > _MAX_LINE:
-                raise _ProtocolError("the answer has a line too long")
+        """One whole line, through its LF, of at most ``_MAX_LINE`` bytes."""
+        while (end := self.buffer.find(b"\n") + 1) == 0 and len(
+            self.buffer
+        ) <= _MAX_LINE:
             if not self.fill(attempt):
                 raise _ProtocolError(
                     "the connection closed in the middle of the answer"
                 )
-        if end > _MAX_LINE:
+        if not 0 < end <= _MAX_LINE:
             raise _ProtocolError("the answer has a line too long")
         line = bytes(self.buffer[:end])
         del self.buffer[:end]
         return line
 
     def head(self, attempt: _Attempt) -> tuple[bytes, int, str, dict[str, str]]:
-        """An answer's status line and header fields."""
+        """An answer's status line and header fields: names lowercased, repeated
+        ones joined by commas, ``_MAX_HEAD_BYTES`` in all."""
         match = _STATUS_LINE.fullmatch(self.readline(attempt))
         if match is None:
             raise _ProtocolError("the answer has no HTTP/1.x status line")
-        reason = (match[3] or b"").decode("latin-1").strip()
-        return match[1], int(match[2]), reason, self.fields(attempt)
+        return (
+            match[1],
+            int(match[2]),
+            (match[3] or b"").decode("latin-1"),
+            self.fields(attempt),
+        )
 
     def fields(self, attempt: _Attempt) -> dict[str, str]:
-        """Header (or trailer) fields up to the blank line, names lowercased,
-        repeated ones joined by commas; ``_MAX_HEAD_BYTES`` in all."""
         fields: dict[str, str] = {}
         size = 0
         while (line := self.readline(attempt)) not in (b"\r\n", b"\n"):
@@ -1777,8 +1668,7 @@ class _Answer:
     Content-Length, chunks or the end of the connection."""
 
     def __init__(self, route: _Route, conn: _Conn, attempt: _Attempt) -> None:
-        self.route, self.attempt = route, attempt
-        self.conn: _Conn | None = conn
+        self.route, self.attempt, self.conn = route, attempt, cast(_Conn | None, conn)
         while True:
             version, self.status, self.reason, self.headers = conn.head(attempt)
             if self.status == 101:
@@ -1857,8 +1747,7 @@ def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
     """This process's TLS context for requests' ``verify`` and ``cert``:
     certifi's bundle by default (as requests), or the given CA file or folder."""
     contexts = _here().contexts
-    context = contexts.get((verify, cert))
-    if context is None:
+    if (verify, cert) not in contexts:
         context = ssl.create_default_context()
         if verify is False:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -1874,15 +1763,14 @@ def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
             context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
         context.set_alpn_protocols(["http/1.1"])
         contexts[verify, cert] = context
-    return context
+    return contexts[verify, cert]
 
 
 class _Lookup:
     """One name resolution in flight, shared by every caller for that host."""
 
     def __init__(self) -> None:
-        self.done = threading.Event()
-        self.result: list[Any] | BaseException = []
+        self.done, self.result = threading.Event(), cast(Any, [])
 
     def run(
         self, lookups: dict[tuple[str, int], _Lookup], host: str, port: int
@@ -1909,9 +1797,9 @@ def _resolve(attempt: _Attempt, host: str, port: int) -> list[Any]:
     lookup = lookups.setdefault((host, port), mine := _Lookup())
     if lookup is mine:
         try:
-            threading.Thread(
-                target=mine.run, args=(lookups, host, port), daemon=True
-            ).start()
+            thread = threading.Thread(target=mine.run, args=(lookups, host, port))
+            thread.daemon = True
+            thread.start()
         except RuntimeError:
             mine.run(lookups, host, port)
     if not lookup.done.wait(attempt.wait(attempt.timeouts[0])):
@@ -1919,7 +1807,7 @@ def _resolve(attempt: _Attempt, host: str, port: int) -> list[Any]:
         raise TimeoutError(f"resolving {host} timed out")
     if isinstance(lookup.result, BaseException):
         raise type(lookup.result)(*lookup.result.args)  # a fresh one per caller
-    return lookup.result
+    return cast(list[Any], lookup.result)
 
 
 # -- what a process shares: fork by pid -------------------------------------- #
@@ -1932,8 +1820,7 @@ class _Process:
     ran (uWSGI): it never uses its parent's sockets, locks or threads."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
+        self.pid, self.lock = os.getpid(), threading.Lock()
         self.client: AvaturnClient | None = None
         self.minters: dict[tuple[Any, ...], _Transport] = {}
         self.lookups: dict[tuple[str, int], _Lookup] = {}
@@ -1952,7 +1839,7 @@ def _here() -> _Process:
     return _process
 
 
-# What each configuration asked for with ``ready=True`` mints with: kept across
+# How each configuration asked for with ``ready=True`` is minted: kept across
 # fork (``warm()`` in a child mints ahead for them), never its credentials.
 _JOBS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
@@ -1963,24 +1850,22 @@ class _Ready:
     caller's path. Idle, a configuration costs at most one mint per lifetime."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.cond, self.stopped = threading.Condition(), False
+        self.thread: threading.Thread | None = None
         self.values: dict[tuple[Any, ...], tuple[str, float]] = {}
         self.due: dict[tuple[Any, ...], float] = {}  # next mint, at the earliest
         self.failing: set[tuple[Any, ...]] = set()
-        self.thread: threading.Thread | None = None
-        self.stopped = False
 
-    def take(self, job: tuple[Any, ...], lifetime: int) -> str | None:
+    def take(self, job: tuple[Any, ...]) -> str | None:
         """The ready credential for ``job``'s configuration, if fresh enough:
         taken, so nobody else gets it; its replacement is due at once."""
-        provider, minter, path, payload = job[:4]
-        headers = tuple(minter.headers_json.items())
+        provider, minter, payload, *_, lifetime = job
+        headers = tuple(minter.headers.items())
         key = (
             provider,
             minter.auth.key,
             minter.base_url,
             headers,
-            path,
             payload.data,
             lifetime,
         )
@@ -2003,9 +1888,8 @@ class _Ready:
 
     def wake(self) -> None:
         if self.thread is None and not self.stopped:
-            self.thread = threading.Thread(
-                target=self.run, name=_READY_THREAD, daemon=True
-            )
+            self.thread = threading.Thread(target=self.run, name=_READY_THREAD)
+            self.thread.daemon = True
             try:
                 self.thread.start()
             except RuntimeError:  # no thread to be had: callers mint inline
@@ -2145,7 +2029,8 @@ def _build_create_body(engine: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_engine(engine: Any) -> dict[str, Any]:
-    """A valid engine (a hidden copy, as ``_hide`` makes); unknown types pass through."""
+    """A valid engine, as a copy; unknown types pass through."""
+    engine = _hide(engine)  # credentials masked: no frame here holds a plain one
     if not isinstance(engine, dict):
         raise ConfigurationError("engine must be a mapping with a 'type'")
     kind = engine.get("type")
@@ -2164,14 +2049,13 @@ def _check_engine(engine: Any) -> dict[str, Any]:
         parts = _split_url(engine["url"], "external engine url")
         if parts.scheme not in ("ws", "wss") or not parts.netloc:
             raise ConfigurationError("external engine url must be ws:// or wss://")
-        headers = engine.get("headers")
-        if headers is not None and not (
-            isinstance(headers, dict)
-            and all(
-                isinstance(k, str) and k and isinstance(v, str)
-                for k, v in headers.items()
-            )
-            and not any(_CONTROL.search(k + v) for k, v in headers.items())
+        headers = engine.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str)
+            and k
+            and isinstance(v, str)
+            and not _CONTROL.search(k + v)
+            for k, v in headers.items()
         ):
             raise ConfigurationError("external engine headers must be plain strings")
         audio = engine.get("audio")
