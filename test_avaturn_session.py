@@ -4602,15 +4602,17 @@ def test_browser_notebook_view_of_an_ended_session_says_so(
 
 
 # --------------------------------------------------------------------------- #
-# The notebook, executed top to bottom (nbclient, a real kernel)
+# The notebook in a real kernel: Run All with a reader, headless, failing,
+# interrupted; whichever way it stops, no session is left running
 # --------------------------------------------------------------------------- #
 
+NOTEBOOK = ROOT / "examples" / "notebook.ipynb"
 
-def test_notebook_runs_shows_the_avatar_and_leaves_no_session(
-    fake, monkeypatch, no_env
-):
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
+
+@pytest.fixture
+def notebook_env(fake, monkeypatch, no_env):
+    """The kernel's environment: the keys, and every host on the fake."""
+    pytest.importorskip("nbclient")
     for name, value in {
         "AVATURN_API_KEY": KEY,
         "AVATURN_BASE_URL": fake.url,
@@ -4620,36 +4622,126 @@ def test_notebook_runs_shows_the_avatar_and_leaves_no_session(
         "PYTHONPATH": str(ROOT),
     }.items():
         monkeypatch.setenv(name, value)
-    notebook = nbformat.read(ROOT / "examples" / "notebook.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in notebook.cells), "saved with outputs"
-    # Run All waits at the notebook's input() for its reader's Enter. Here the
-    # "reader" has the echo avatar speak first: a 404 if it had already ended.
-    notebook.cells.insert(
-        0,
-        nbformat.v4.new_code_cell(
-            "get_ipython().kernel.raw_input = (\n"
-            "    lambda prompt='': av.say(echo.session_id, 'still live')\n"
-            ")"
-        ),
+
+
+def run_all(reader: Any) -> list[dict[str, Any]]:
+    """*Run All* as Jupyter's browser front end does it: each code cell in
+    order in a fresh kernel, stdin allowed, stopping at the first error.
+    `reader(km, kc)` is whoever sits at the input box. Returns the IOPub
+    messages and the execute replies."""
+    import jupyter_client
+    import nbformat
+
+    cells = nbformat.read(NOTEBOOK, as_version=4).cells
+    km, kc = jupyter_client.manager.start_new_kernel(
+        kernel_name="python3", startup_timeout=180
     )
-    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
-    shown = next(
-        c for c in notebook.cells if c.cell_type == "code" and c.source == "session"
-    )
-    data = shown.outputs[0]["data"]
-    assert data["text/html"].startswith("<iframe srcdoc=")
-    assert 'allow="microphone; autoplay"' in data["text/html"]
-    assert '"audio": true' in html.unescape(data["text/html"])  # the user is heard
-    token = next(
+    messages: list[dict[str, Any]] = []
+    try:
+        for cell in (c for c in cells if c.cell_type == "code"):
+            reply = kc.execute_interactive(
+                cell.source,
+                allow_stdin=True,
+                timeout=180,
+                output_hook=messages.append,
+                stdin_hook=lambda request: reader(km, kc),
+            )
+            messages.append(reply)
+            if reply["content"]["status"] != "ok":
+                break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return messages
+
+
+@pytest.mark.parametrize(
+    ("reader", "ending"),
+    [
+        ("presses Enter", "ok"),
+        ("interrupts the kernel", "KeyboardInterrupt"),
+    ],
+)
+def test_notebook_run_all_shows_live_avatars_until_the_reader_is_done(
+    fake, notebook_env, reader, ending
+):
+    at_the_box: list[tuple[int, list[str]]] = []
+
+    def sit_at_the_input_box(km: Any, kc: Any) -> None:
+        at_the_box.append((len(fake.sessions), [t for _, t in fake.spoken]))
+        if reader == "presses Enter":
+            kc.input("")
+        else:
+            km.interrupt_kernel()
+
+    messages = run_all(sit_at_the_input_box)
+    # While Run All waits, both avatars are live and the echo one has spoken.
+    assert at_the_box == [(2, ["Hello from the notebook!"])]
+    last = messages[-1]["content"]
+    assert (last.get("ename") or last["status"]) == ending
+    assert fake.sessions == {}, "the notebook left a session running"
+    assert len(fake.created) == 2
+    shown = [
+        m["content"]["data"] for m in messages if m.get("msg_type") == "display_data"
+    ]
+    voice = next(
         r["token"]
         for r in fake.created.values()
         if r["body"]["conversation_engine"]["type"] == "openai-realtime"
     )
-    assert token in html.unescape(data["text/html"])  # the browser needs it
-    assert token not in data["text/plain"]  # repr() stays token-free
-    everything = json.dumps(nbformat.writes(notebook))
+    page = html.unescape(shown[0]["text/html"])
+    assert shown[0]["text/html"].startswith("<iframe srcdoc=")
+    assert 'allow="microphone; autoplay"' in shown[0]["text/html"]
+    assert '"audio": true' in page  # the user is heard
+    assert voice in page  # the browser needs it
+    assert voice not in shown[0]["text/plain"]  # repr() stays token-free
+    assert len(shown) == 2  # the echo avatar too
+    everything = json.dumps(messages, default=str)
     assert KEY not in everything and OPENAI_KEY not in everything
-    spoken = [text for _, text in fake.spoken]
-    assert spoken == ["Hello from the notebook!", "still live"]
+
+
+def test_notebook_run_headless_by_nbconvert_ends_both_sessions(fake, notebook_env):
+    import nbformat
+
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not c.get("outputs") for c in stored.cells), "saved with outputs"
+    assert all(c.get("execution_count") is None for c in stored.cells)
+    run = subprocess.run(
+        [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute"]
+        + ["--stdout", str(NOTEBOOK)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    executed = nbformat.reads(run.stdout, as_version=4)
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    assert [o["output_type"] for o in outputs] == ["display_data"] * 2
+    assert [t for _, t in fake.spoken] == ["Hello from the notebook!"]
     assert fake.sessions == {}, "the notebook left a session running"
     assert len(fake.created) == 2
+
+
+@pytest.mark.parametrize(
+    ("route", "faults", "created"),
+    [
+        ("say", [Fault("status", status=400)], 2),
+        ("create", [Fault("late", delay=0), Fault("status", status=400)], 1),
+    ],
+)
+def test_notebook_cell_failing_after_a_create_ends_what_it_created(
+    fake, notebook_env, route, faults, created
+):
+    import nbclient
+    import nbformat
+
+    fake.script(route, *faults)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, timeout=180, startup_timeout=180, kernel_name="python3"
+    )
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="BadRequest"):
+        client.execute()
+    assert len(fake.created) == created
+    assert fake.sessions == {}, "the failing cell left a session running"
