@@ -4,12 +4,13 @@
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import requests
 from typing_extensions import Self, Unpack  # noqa: UP035 - users on Python 3.10 too
 
 __all__ = [
+    "CLEANUP_GRACE",
     "DEFAULT_BASE_URL",
     "DEFAULT_DEADLINE",
     "DEFAULT_MAX_RETRIES",
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
+    "READY_MIN_LIFE",
     "WEB_SDK_URL",
     "APIConnectionError",
     "APIResponseError",
@@ -42,6 +44,7 @@ __all__ = [
     "cartesia_engine",
     "close_shared_clients",
     "create_session",
+    "deadline",
     "external_engine",
     "main",
     "mint_cartesia_access_token",
@@ -56,6 +59,7 @@ __all__ = [
 
 __version__: str
 
+CLEANUP_GRACE: float
 DEFAULT_BASE_URL: str
 WEB_SDK_URL: str
 DEFAULT_TIMEOUT: tuple[float, float]
@@ -68,23 +72,23 @@ DEFAULT_POOL_MAXSIZE: int
 KEEPALIVE_EXPIRY: float
 MAX_RESPONSE_BYTES: int
 MAX_ERROR_BODY_BYTES: int
+READY_MIN_LIFE: float
 
 class AvaturnError(Exception):
-    def __reduce__(self) -> tuple[Any, ...]: ...
+    session_id: str | None
+    def __init__(
+        self, message: str = "", fields: Mapping[str, Any] | None = None, /, **more: Any
+    ) -> None: ...
 
 class ConfigurationError(AvaturnError, ValueError): ...
 
 class CredentialError(AvaturnError):
     provider: str
-    def __init__(self, message: str, *, provider: str) -> None: ...
 
 class APIConnectionError(AvaturnError):
     method: str
     path: str
     request_sent: bool
-    def __init__(
-        self, message: str, *, method: str, path: str, request_sent: bool
-    ) -> None: ...
 
 class APITimeoutError(APIConnectionError): ...
 
@@ -92,16 +96,6 @@ class APIResponseError(AvaturnError):
     status_code: int
     method: str
     path: str
-    session_id: str | None
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        method: str,
-        path: str,
-        session_id: str | None = None,
-    ) -> None: ...
 
 class APIStatusError(AvaturnError):
     status_code: int
@@ -112,17 +106,6 @@ class APIStatusError(AvaturnError):
     body: Any
     retry_after: float | None
     errors: list[Any]
-    def __init__(
-        self,
-        *,
-        status_code: int,
-        detail: Any,
-        request_id: str | None,
-        method: str,
-        path: str,
-        body: Any = None,
-        retry_after: float | None = None,
-    ) -> None: ...
 
 class BadRequestError(APIStatusError): ...
 class AuthenticationError(APIStatusError): ...
@@ -133,18 +116,10 @@ class UnprocessableEntityError(APIStatusError): ...
 class RateLimitError(APIStatusError): ...
 class InternalServerError(APIStatusError): ...
 
-class AvaturnSession:
-    __match_args__ = ("session_id", "token", "api_host")
-    @property
-    def session_id(self) -> str: ...
-    @property
-    def token(self) -> str: ...
-    @property
-    def api_host(self) -> str: ...
-    def __init__(self, session_id: str, token: str, api_host: str) -> None: ...
-    def __eq__(self, other: object) -> bool: ...
-    def __hash__(self) -> int: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
+class AvaturnSession(NamedTuple):
+    session_id: str
+    token: str
+    api_host: str
     def web_sdk_options(self) -> dict[str, str]: ...
     def web_sdk_html(
         self,
@@ -162,6 +137,8 @@ class _CreateOptions(TypedDict, total=False):
     user_absent_timeout: int | None
     max_duration: int | None
     extra: Mapping[str, Any] | None
+    timeout: float | tuple[float, float] | None
+    deadline: float | None
 
 def openai_realtime_engine(client_secret: str) -> dict[str, Any]: ...
 def cartesia_engine(access_token: str, agent_id: str) -> dict[str, Any]: ...
@@ -177,17 +154,20 @@ def mint_openai_client_secret(
     *,
     expires_in: int = 600,
     api_key: str | None = None,
+    base_url: str | None = None,
+    ready: bool = False,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
     openai_client: Any = None,
-    timeout: float | tuple[float, float] = ...,
-    deadline: float = ...,
 ) -> str: ...
 def mint_cartesia_access_token(
     *,
     api_key: str | None = None,
     expires_in: int = 300,
     base_url: str | None = None,
-    timeout: float | tuple[float, float] = ...,
-    deadline: float = ...,
+    ready: bool = False,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
 ) -> str: ...
 
 class AvaturnClient:
@@ -201,12 +181,11 @@ class AvaturnClient:
         max_retries: int = ...,
         http_session: requests.Session | None = None,
         deadline: float = ...,
-        http: requests.Session | None = None,
     ) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc_info: object) -> None: ...
     def close(self) -> None: ...
-    def warm(self) -> bool: ...
+    def warm(self, *, deadline: float | None = None) -> bool: ...
     def create_session(
         self,
         engine: Mapping[str, Any] | None = None,
@@ -217,9 +196,24 @@ class AvaturnClient:
         user_absent_timeout: int | None = None,
         max_duration: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        deadline: float | None = None,
     ) -> AvaturnSession: ...
-    def say(self, session_id: str, text: str) -> str: ...
-    def terminate_session(self, session_id: str) -> bool: ...
+    def say(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        timeout: float | tuple[float, float] | None = None,
+        deadline: float | None = None,
+    ) -> str: ...
+    def terminate_session(
+        self,
+        session_id: str,
+        *,
+        timeout: float | tuple[float, float] | None = None,
+        deadline: float | None = None,
+    ) -> bool: ...
     def session(
         self,
         engine: Mapping[str, Any] | None = None,
@@ -229,11 +223,23 @@ class AvaturnClient:
 def create_session(
     engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
 ) -> AvaturnSession: ...
-def say(session_id: str, text: str) -> str: ...
-def terminate_session(session_id: str) -> bool: ...
+def say(
+    session_id: str,
+    text: str,
+    *,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
+) -> str: ...
+def terminate_session(
+    session_id: str,
+    *,
+    timeout: float | tuple[float, float] | None = None,
+    deadline: float | None = None,
+) -> bool: ...
 def session(
     engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
 ) -> contextlib.AbstractContextManager[AvaturnSession]: ...
-def warm() -> list[str]: ...
+def deadline(seconds: float) -> contextlib._GeneratorContextManager[None]: ...
+def warm(*, deadline: float | None = None) -> list[str]: ...
 def close_shared_clients() -> None: ...
 def main(argv: Sequence[str] | None = None) -> int: ...

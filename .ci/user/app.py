@@ -12,3 +12,15 @@ try:
     av.say(created.session_id, "hi")
 except av.RateLimitError as exc:
     wait: float | None = exc.retry_after
+with av.deadline(20):  # one budget for a whole web request
+    secret = av.mint_openai_client_secret(ready=True, deadline=10.0)
+    started = av.create_session(av.openai_realtime_engine(secret), timeout=(2.0, 5.0))
+    ended = av.terminate_session(started.session_id, deadline=5)
+
+
+@av.deadline(20)
+def start_view() -> dict[str, str]:
+    return av.create_session().web_sdk_options()
+
+
+session_id, token, api_host = started  # a named tuple

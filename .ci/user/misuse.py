@@ -7,3 +7,5 @@ created = av.create_session()
 created.token = "x"  # error: read-only
 task: int = av.say("s1", "hi")  # error: say returns the task id, a str
 av.mint_cartesia_access_token(expires=60)  # error: no such parameter
+av.deadline("20")  # error: seconds, not a string
+av.say("s1", "hi", deadline="soon")  # error: not seconds
