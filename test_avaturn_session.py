@@ -1183,10 +1183,15 @@ def test_retry_succeeds_after_transient_503(mock, sleeps, op):
 # (the README's words for the failure, faults that produce it, POST retried?,
 # DELETE retried?) Every fault runs on the real socket for create, say, terminate.
 RETRY_TABLE = [
-    ("connection refused, DNS, connect timeout (never sent)", ["refused"], True, True),
+    (
+        "not one byte of the request written (refused, DNS, connect or TLS failure)",
+        ["refused"],
+        True,
+        True,
+    ),
     ("429, 503 (honouring `Retry-After`)", ["429", "503"], True, True),
     (
-        "read timeout, reset after sending, cut-off body",
+        "read timeout, reset after sending, cut-off or garbled answer",
         ["late", "reset", "truncated"],
         False,
         True,
