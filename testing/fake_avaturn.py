@@ -102,6 +102,8 @@ class FakeAvaturn:
         self.requests: list[tuple[str, str]] = []
         self.connections = 0
         self.latency = 0.0
+        # seconds a provider takes to issue a credential (minting routes only)
+        self.mint_latency = 0.0
         # headers added to every API answer, e.g. ("Keep-Alive", "timeout=2")
         self.reply_headers: list[tuple[str, str]] = []
         self.scripts: dict[str, list[Fault]] = {route: [] for route in ROUTES}
@@ -243,6 +245,7 @@ class FakeAvaturn:
             value = payload.get("value") or payload.get("token")
             with self.lock:
                 self.mints.append((value, body, auth.removeprefix("Bearer ")))
+            time.sleep(self.mint_latency)  # the provider's work to issue it
         if self.latency:
             time.sleep(self.latency)
         if fault is None:
