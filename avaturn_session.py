@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import http.client
 import http.cookiejar
+import io
 import json
 import logging
 import math
@@ -166,10 +167,8 @@ _JITTER = 0.25
 _MAX_INT = 2**31 - 1
 _MAX_SECONDS = 24 * 3600.0
 
-# Bytes asked of the socket per read; longest line and header block of an answer.
+# Bytes asked for per read of an answer's body.
 _READ_CHUNK = 16 * 1024
-_MAX_LINE = 8 * 1024
-_MAX_HEAD_BYTES = 64 * 1024
 
 # Configurations kept ready per process (more mint inline); its thread's name.
 _MAX_READY = 8
@@ -790,7 +789,9 @@ class AvaturnClient:
         except BaseException:
             self._end(created.session_id, "after an error in the with-block")
             raise
-        until = max(self._transport.expiry(options.get("deadline")), _grace())
+        until = max(
+            self._transport.expiry(options.get("deadline")), _now() + CLEANUP_GRACE
+        )
         self._terminate(created.session_id, options.get("timeout"), None, until)
 
     def _terminate(
@@ -806,7 +807,7 @@ class AvaturnClient:
     def _end(self, session_id: str, why: str, until: float | None = None) -> bool:
         """End a session this client made (at least ``CLEANUP_GRACE`` for it);
         on failure log a WARNING and return False instead of raising."""
-        until = until or max(self._transport.expiry(None), _grace())
+        until = until or max(self._transport.expiry(None), _now() + CLEANUP_GRACE)
         try:
             self._terminate(session_id, None, None, until)
         except AvaturnError as exc:
@@ -999,10 +1000,6 @@ _T = TypeVar("_T")
 def _expiry(seconds: float) -> float:
     """When a call of ``seconds`` starting now must end: never after its block."""
     return min(_now() + seconds, _BUDGET.get())
-
-
-def _grace() -> float:
-    return _now() + CLEANUP_GRACE
 
 
 class _Payload:
@@ -1306,11 +1303,11 @@ class _Transport:
                 request, env["verify"], env["proxies"], env["cert"]
             )
             if isinstance(route, _Route):
-                conn = route.checkout()  # one already open goes back as it was
+                attempt = _Attempt("GET", "/", expires_at, self.timeout)
+                conn = route.checkout(attempt)  # one already open goes back as it was
                 if conn is not None:
                     route.idle.append(conn)
                 else:
-                    attempt = _Attempt("GET", "/", expires_at, self.timeout)
                     route.checkin(route.connect(attempt), "")
         except _NETWORK_ERRORS as exc:
             reason = _redact(f"{type(exc).__name__}: {exc}", (self.auth.key,))
@@ -1488,25 +1485,24 @@ class _Route:
         """Write the request on an idle connection or a new one; read the answer's head."""
         attempt = cast(_Attempt, timeout)  # requests passes our _Attempt through
         attempt.sent = 0  # counted from here, by _Conn.write
-        conn = self.checkout() or self.connect(attempt)
+        conn = self.checkout(attempt) or self.connect(attempt)
         lines = [f"{method} {url} HTTP/1.1", f"Host: {self.netloc}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         try:
-            conn.write(
-                attempt,
-                "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (body or b""),
-            )
-            return _Answer(self, conn, attempt)
+            head = "\r\n".join(lines).encode("latin-1")
+            conn.write(head + b"\r\n\r\n" + (body or b""))
+            return _Answer(self, conn)
         except BaseException:
             conn.close()
             raise
 
-    def checkout(self) -> _Conn | None:
+    def checkout(self, attempt: _Attempt) -> _Conn | None:
         """An idle connection still open and fresh, if there is one."""
         while self.idle:
             with contextlib.suppress(IndexError):  # another thread took the last one
                 conn = self.idle.pop()
                 if conn.alive():
+                    conn.attempt = attempt
                     return conn
                 conn.close()
         return None
@@ -1539,10 +1535,10 @@ class _Route:
         else:
             raise error
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock)
+        conn = _Conn(sock, attempt)
         try:
             if self.proxy is not None:
-                self.tunnel(conn, attempt)
+                self.tunnel(conn)
             if self.tls:
                 context = _tls_context(self.verify, self.cert)
                 conn.sock = context.wrap_socket(
@@ -1554,7 +1550,7 @@ class _Route:
             raise
         return conn
 
-    def tunnel(self, conn: _Conn, attempt: _Attempt) -> None:
+    def tunnel(self, conn: _Conn) -> None:
         """Ask the HTTP proxy for a tunnel (CONNECT): not the request, not counted."""
         assert self.proxy is not None
         target = (
@@ -1569,85 +1565,35 @@ class _Route:
             user, password = requests.utils.get_auth_from_url(self.proxy.geturl())
             basic = base64.b64encode(f"{user}:{password}".encode()).decode()
             lines.append(f"Proxy-Authorization: Basic {basic}")
-        conn.write(attempt, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), False)
-        if conn.head(attempt)[1] != 200:
+        conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), False)
+        answer = _Answer(None, conn, "CONNECT")
+        answer.conn = None  # the connection goes on: TLS to the host, through it
+        if answer.status != 200:
             raise _ProtocolError(f"the proxy refused a tunnel to {target}")
 
 
 class _Conn:
-    """One HTTP/1.1 connection: the socket, bytes read past what was asked for,
-    and until when it may be reused."""
+    """One HTTP/1.1 connection of ours: the socket, the attempt using it, and
+    until when it may be reused."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buffer, self.reusable_until = sock, bytearray(), math.inf
+    def __init__(self, sock: socket.socket, attempt: _Attempt) -> None:
+        self.sock, self.attempt, self.reusable_until = sock, attempt, math.inf
 
-    def write(self, attempt: _Attempt, data: bytes, counted: bool = True) -> None:
+    def write(self, data: bytes, counted: bool = True) -> None:
         """Write all of ``data``; bytes of the request are counted as written."""
-        view = memoryview(data)
+        attempt, view = self.attempt, memoryview(data)
         while view:
             written = _io(attempt, self.sock, attempt.timeouts[1], self.sock.send, view)
             attempt.sent = (attempt.sent or 0) + written * counted
             view = view[written:]
 
-    def fill(self, attempt: _Attempt) -> bool:
-        """Read what the socket has (at least a byte); False at its end."""
-        data = _io(attempt, self.sock, attempt.timeouts[1], self.sock.recv, _READ_CHUNK)
-        self.buffer += data
-        return bool(data)
-
-    def read(self, attempt: _Attempt, size: int) -> bytes:
-        """Up to ``size`` bytes; b"" at the end of the stream."""
-        if not self.buffer:
-            self.fill(attempt)
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-    def readline(self, attempt: _Attempt) -> bytes:
-        """One whole line, through its LF, of at most ``_MAX_LINE`` bytes."""
-        while (end := self.buffer.find(b"\n") + 1) == 0 and len(
-            self.buffer
-        ) <= _MAX_LINE:
-            if not self.fill(attempt):
-                raise _ProtocolError(
-                    "the connection closed in the middle of the answer"
-                )
-        if not 0 < end <= _MAX_LINE:
-            raise _ProtocolError("the answer has a line too long")
-        line = bytes(self.buffer[:end])
-        del self.buffer[:end]
-        return line
-
-    def head(self, attempt: _Attempt) -> tuple[bytes, int, str, dict[str, str]]:
-        """An answer's status line and header fields: names lowercased, repeated
-        ones joined by commas, ``_MAX_HEAD_BYTES`` in all."""
-        match = _STATUS_LINE.fullmatch(self.readline(attempt))
-        if match is None:
-            raise _ProtocolError("the answer has no HTTP/1.x status line")
-        return (
-            match[1],
-            int(match[2]),
-            (match[3] or b"").decode("latin-1"),
-            self.fields(attempt),
-        )
-
-    def fields(self, attempt: _Attempt) -> dict[str, str]:
-        fields: dict[str, str] = {}
-        size = 0
-        while (line := self.readline(attempt)) not in (b"\r\n", b"\n"):
-            size += len(line)
-            name, colon, value = line.partition(b":")
-            if size > _MAX_HEAD_BYTES or not colon or not _FIELD_NAME.fullmatch(name):
-                raise _ProtocolError(
-                    "the answer's header fields are malformed or too large"
-                )
-            key, text = name.decode().lower(), value.strip().decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        return fields
+    def makefile(self, mode: str) -> io.BufferedReader:
+        """What http.client reads an answer through: each read on the clock."""
+        return io.BufferedReader(_Reader(self))
 
     def alive(self) -> bool:
         """Idle, fresh, and still open: nothing to read (or only TLS records)."""
-        if self.buffer or _now() >= self.reusable_until:
+        if _now() >= self.reusable_until:
             return False
         try:
             self.sock.settimeout(0.0)
@@ -1662,84 +1608,63 @@ class _Conn:
         self.sock.close()
 
 
-class _Answer:
-    """An answer on one of our connections, as requests' ``raw``: status and
-    headers (informational 1xx answers skipped), then a body framed by
-    Content-Length, chunks or the end of the connection."""
+class _Reader(io.RawIOBase):
+    """A connection's reads, each waiting at most the read timeout and never
+    past the deadline of the attempt that uses the connection."""
 
-    def __init__(self, route: _Route, conn: _Conn, attempt: _Attempt) -> None:
-        self.route, self.attempt, self.conn = route, attempt, cast(_Conn | None, conn)
-        while True:
-            version, self.status, self.reason, self.headers = conn.head(attempt)
-            if self.status == 101:
-                raise _ProtocolError("the server switched protocols (101)")
-            if self.status >= 200:
-                break
-        coding = self.headers.get("transfer-encoding", "").lower()
-        length = self.headers.get("content-length")
-        lengths = {v.strip() for v in (length or "").split(",")}
-        self.chunked = coding.rsplit(",", 1)[-1].strip() == "chunked"
-        self.left: int | None = None  # body bytes left; None: chunks, or until closed
-        if self.status in (204, 304):
-            self.left = 0
-        elif length is not None and not coding:
-            if len(lengths) != 1 or not re.fullmatch(r"\d{1,18}", next(iter(lengths))):
-                raise _ProtocolError(
-                    f"the answer has a bad Content-Length: {length[:40]!r}"
-                )
-            self.left = int(lengths.pop())
-        framed = self.left is not None or (self.chunked and length is None)
-        keep = "close" not in self.headers.get("connection", "").lower()
-        self.keep = keep and framed and version == b"HTTP/1.1"
-        self.chunk_left, self.done = 0, self.left == 0
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
 
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes of the body; b"" once all of it has been read."""
-        conn, attempt = self.conn, self.attempt
-        if self.done or conn is None:
-            return b""
-        if self.chunked and self.chunk_left == 0:
-            match = _CHUNK_SIZE.fullmatch(conn.readline(attempt))
-            if match is None:
-                raise _ProtocolError("the answer has a bad chunk size")
-            self.chunk_left = int(match[1], 16)
-            if self.chunk_left == 0:
-                conn.fields(attempt)  # trailers, bounded like headers
-                self.done = True
-                return b""
-        want = self.chunk_left if self.chunked else self.left
-        data = conn.read(attempt, size if want is None else min(size, want))
-        if not data and want is not None:
-            raise _ProtocolError(f"the answer was cut off, {want} bytes short")
-        if self.chunked:
-            self.chunk_left -= len(data)
-            if self.chunk_left == 0 and conn.readline(attempt) not in (b"\r\n", b"\n"):
-                raise _ProtocolError("the answer has a bad chunk end")
-        elif self.left is not None:
-            self.left -= len(data)
-            self.done = self.left == 0
-        else:
-            self.done = not data
-        return data
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        attempt, sock = self.conn.attempt, self.conn.sock
+        return _io(attempt, sock, attempt.timeouts[1], sock.recv_into, buffer)
+
+
+class _Answer(http.client.HTTPResponse):
+    """http.client's answer on one of our connections, as requests' ``raw``:
+    informational 1xx answers skipped, lengths that disagree refused; read
+    whole and nothing said against it, the connection goes back to the pool."""
+
+    def __init__(self, route: _Route | None, conn: _Conn, method: str = "") -> None:
+        super().__init__(cast(socket.socket, conn), method=method)
+        self.route, self.conn = route, cast(_Conn | None, conn)
+        self.begin()
+        if len({v.strip() for v in self.msg.get_all("content-length", [])}) > 1:
+            raise _ProtocolError("the answer has Content-Lengths that disagree")
+        # for requests: a field sent twice is both values, comma-joined
+        joined = {k.lower(): ", ".join(self.msg.get_all(k, [])) for k in self.msg}
+        self.headers = cast(Any, joined)
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:  # http.client itself skips only "100 Continue"
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # 103 Early Hints and the like
 
     def stream(
         self, amt: int = _READ_CHUNK, decode_content: bool = False
     ) -> Iterator[bytes]:
-        while chunk := self.read(amt):
+        while chunk := self.read1(
+            amt
+        ):  # what has come: kept even if the rest never does
             yield chunk
+        if self.length:  # http.client ends a body cut short without a word
+            raise _ProtocolError(f"the answer was cut off, {self.length} bytes short")
 
     def close(self) -> None:
-        """Back to the pool when the answer was read whole and nothing follows it."""
+        whole = self.length == 0 or self.isclosed()  # read to its end?
         conn, self.conn = self.conn, None
-        if conn is not None and self.done and self.keep and not conn.buffer:
+        super().close()
+        if conn is not None and whole and not self.will_close and self.route:
             self.route.checkin(conn, self.headers.get("keep-alive", ""))
         elif conn is not None:
             conn.close()
 
 
-_STATUS_LINE = re.compile(rb"(HTTP/1\.[01]) ([1-5]\d\d)(?: ([^\r\n]*))?\r?\n")
-_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _KEEP_ALIVE_TIMEOUT = re.compile(r"timeout=(\d{1,6})")
 
 
@@ -2446,13 +2371,7 @@ def _cli_create(
         realtime["instructions"] = args.instructions
     if args.voice:
         realtime["audio"] = {"output": {"voice": args.voice}}
-    names = (
-        "avatar_id",
-        "background",
-        "render_model",
-        "user_absent_timeout",
-        "max_duration",
-    )
+    names = [n for n in _CreateOptions.__annotations__ if hasattr(args, n)]
     options: Any = {name: getattr(args, name) for name in names}
     # Validate every option before any credential is minted or request is sent.
     body = _Payload(_build_create_body(_hide(engine), options)).body
@@ -2470,12 +2389,7 @@ def _cli_create(
         engine = openai_realtime_engine(mint_openai_client_secret(realtime))
     elif args.cartesia_agent is not None:
         engine = cartesia_engine(mint_cartesia_access_token(), args.cartesia_agent)
-    created = client.create_session(engine, **options)
-    return {
-        "session_id": created.session_id,
-        "token": created.token,
-        "api_host": created.api_host,
-    }
+    return client.create_session(engine, **options)._asdict()
 
 
 def _env_keys() -> list[str | None]:

@@ -2263,7 +2263,7 @@ def ready_threads() -> list[threading.Thread]:
 
 def ahead_of(minter: FakeAvaturn, *handed: str) -> str:
     """The credential minted ahead: the one of the first two not handed out."""
-    wait_for(lambda: len(minter.mints) >= 2)
+    wait_for(lambda: av._here().ready.values)  # minted, and kept
     [ahead] = {mint[0] for mint in minter.mints[:2]} - set(handed)
     return ahead
 
