@@ -3857,7 +3857,7 @@ def readme_env(fake, monkeypatch, no_env, sleeps):
 
 def test_readme_has_sections_a_user_needs_in_order_and_stays_short():
     text = (ROOT / "README.md").read_text()
-    assert len(text.splitlines()) <= 250
+    assert len(text.splitlines()) <= 380
     headings = re.findall(r"^## (.*)$", text, flags=re.MULTILINE)
     wanted = [
         "Install",
@@ -4604,6 +4604,280 @@ def test_browser_notebook_view_of_an_ended_session_says_so(
     )
     assert status == "This avatar session has ended."
     assert fake.sdk_calls[0]["token"] == created.token  # the SDK was refused: 401
+
+
+# --------------------------------------------------------------------------- #
+# The README's backends as users deploy them: the Flask snippet as app.py, the
+# Django snippet in a fresh `django-admin startproject`, under gunicorn
+# --------------------------------------------------------------------------- #
+
+
+def readme_page(fake: FakeAvaturn) -> str:
+    """The README's page, its pinned Web SDK served by the fake."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```html\n(.*?)```", readme, re.DOTALL)[1]
+    assert av.WEB_SDK_URL in snippet
+    fake.sdk_file = SDK_FILE
+    return '<!doctype html><meta charset="utf-8"><body>' + snippet.replace(
+        av.WEB_SDK_URL, fake.url + "/_test/sdk.js"
+    )
+
+
+BACKENDS = ["readme flask", "readme django", "example flask", "example django"]
+
+
+def backend(name: str, tmp_path: Path, page: str = "") -> tuple[Path, list[str], str]:
+    """A backend as its README tells: (directory, gunicorn's arguments, the page's
+    path). The examples with their config. The README's Flask snippet as app.py
+    (a route added for its page); its Django snippet in a fresh startproject as
+    mysite/avatar.py beside the page, its urls included, av.warm() at the end of
+    wsgi.py, migrated. The README's run on gunicorn's defaults."""
+    if name.startswith("example"):
+        target = "flask_app:app" if "flask" in name else "django_app:application"
+        return (
+            ROOT,
+            ["-c", "examples/gunicorn.conf.py", "--chdir", "examples", target],
+            "/",
+        )
+    readme = (ROOT / "README.md").read_text()
+    snippets = readme_sections()["Flask and Django"]
+    if name == "readme flask":
+        app = next(s for s in snippets if "Flask(__name__)" in s)
+        app += f"\napp.add_url_rule('/', 'page', lambda: {page!r})\n"
+        (tmp_path / "app.py").write_text(app)
+        return tmp_path, ["app:app"], "/"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [bin_dir / "django-admin", "startproject", "mysite"]
+    subprocess.run(command, cwd=tmp_path, env=env, check=True)
+    project = tmp_path / "mysite"
+    package = project / "mysite"
+    (package / "avatar.py").write_text(
+        next(s for s in snippets if s.startswith("# mysite/avatar.py\n"))
+    )
+    (package / "avatar.html").write_text(page)
+    included = r'`(path\("avatar/", include\("mysite\.avatar"\)\))`'
+    include = re.search(included, readme)[1]
+    urls = (package / "urls.py").read_text()
+    urls = urls.replace("import path", "import include, path")
+    (package / "urls.py").write_text(
+        urls.replace("urlpatterns = [", f"urlpatterns = [\n    {include},")
+    )
+    with (package / "wsgi.py").open("a") as wsgi:
+        wsgi.write("\nimport avaturn_session as av\n\nav.warm()\n")
+    command = [sys.executable, "manage.py", "migrate", "-v", "0"]
+    subprocess.run(command, cwd=project, env=env, check=True)
+    return project, ["mysite.wsgi"], "/avatar/"
+
+
+@contextlib.contextmanager
+def gunicorn_in(fake: FakeAvaturn, cwd: Path, args: list[str], log: Path) -> Any:
+    """`gunicorn -w 4 ARGS` in `cwd`; Avaturn, OpenAI and the Web SDK on the
+    fake, its output in `log`. Yields its URL once a worker answers."""
+    port = free_port()
+    executable = Path(sys.executable).with_name("gunicorn")
+    command = [str(executable), "-w", "4", "--bind", f"127.0.0.1:{port}", *args]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fake.url,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": fake.url + "/v1",
+        "AVATURN_SDK_URL": fake.url + "/_test/sdk.js",
+        "FLASK_SECRET_KEY": "web-test-secret",
+        "DJANGO_SECRET_KEY": "web-test-secret",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        until(lambda: server.poll() is not None or answers(url), "gunicorn", 60)
+        assert server.poll() is None, f"exit {server.returncode}: {log.read_text()}"
+        yield url
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def answers(url: str) -> bool:
+    try:
+        requests.get(url + "/", timeout=5)
+    except requests.RequestException:  # not listening yet, or its workers booting
+        return False
+    return True
+
+
+class PageVisitor:
+    """What the pages send: Django's CSRF cookie back as a header on their
+    fetches, and in the body of their tab-close beacon (Flask ignores both)."""
+
+    def __init__(self, url: str, page: str) -> None:
+        self.url = url
+        self.http = requests.Session()
+        self.http.get(url + page, timeout=30)  # Django sets its CSRF cookie
+
+    def headers(self, csrf: bool = True) -> dict[str, str]:
+        return {"X-CSRFToken": self.http.cookies.get("csrftoken", "")} if csrf else {}
+
+    def start(self, csrf: bool = True) -> Any:
+        url = self.url + "/avatar/session"
+        return self.http.post(url, json={}, headers=self.headers(csrf), timeout=60)
+
+    def end(self, sid: str) -> Any:
+        url = f"{self.url}/avatar/session/{sid}"
+        return self.http.delete(url, headers=self.headers(), timeout=60)
+
+    def leave(self, sid: str, csrf: bool = True) -> Any:
+        form = {"csrfmiddlewaretoken": self.http.cookies.get("csrftoken", "")}
+        url = f"{self.url}/avatar/session/{sid}/end"
+        return self.http.post(url, data=form if csrf else {}, timeout=60)
+
+
+def timed(call: Any, *args: Any) -> tuple[Any, float]:
+    began = time.monotonic()
+    return call(*args), time.monotonic() - began
+
+
+def is_json_error(response: Any) -> bool:
+    """The app's own JSON answer, not gunicorn's HTML 500 for a killed worker."""
+    kind = response.headers.get("Content-Type", "")
+    return kind.startswith("application/json") and "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("name", "late"),
+    [(name, "everything") for name in BACKENDS] + [("readme flask", "create")],
+)
+def test_backend_answers_within_gunicorns_timeout_and_leaves_nothing_running(
+    fake, no_env, tmp_path, name, late
+):
+    from gunicorn.config import Config
+
+    assert Config().timeout == 30  # the kill the budget keeps clear of
+    cwd, args, page = backend(name, tmp_path)
+    with gunicorn_in(fake, cwd, args, tmp_path / "gunicorn.log") as url:
+        alice, bob = PageVisitor(url, page), PageVisitor(url, page)
+        if late == "create":
+            # answered 1 s past the 20 s budget, inside CLEANUP_GRACE: the
+            # session it names is ended before the visitor hears of the failure
+            fake.script("create", Fault("late", delay=21))
+            started, took = timed(bob.start)
+            assert is_json_error(started) and started.status_code == 502
+            assert took < 30
+            assert len(fake.created) == 1 and fake.sessions == {}
+            return
+        sid = alice.start().json()["session_id"]
+        # Avaturn and OpenAI answer in 20 s (an end in 40 s): a start would mint,
+        # then create too late; both requests give up at the budget
+        fake.latency = 20
+        fake.script("terminate", Fault("late", delay=20))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            start = pool.submit(timed, bob.start)
+            end = pool.submit(timed, alice.end, sid)
+            (started, start_took), (ended, end_took) = start.result(), end.result()
+    assert is_json_error(started) and started.status_code == 502
+    assert ended.headers["Content-Type"].startswith("application/json")
+    assert start_took < 30 and end_took < 30
+    assert len(fake.created) == 1 and fake.sessions == {}
+
+
+def test_readme_django_snippet_serves_a_fresh_startproject_under_gunicorn(
+    fake, no_env, tmp_path
+):
+    cwd, args, page = backend("readme django", tmp_path, "<p>the page</p>")
+    with gunicorn_in(fake, cwd, args, tmp_path / "gunicorn.log") as url:
+        # av.warm() at the end of wsgi.py: each worker opened its Avaturn and
+        # OpenAI connections before its first visitor, and sent nothing
+        until(lambda: fake.connections >= 8, "4 workers warmed by wsgi.py")
+        assert not fake.attempts
+        alice, mallory = PageVisitor(url, page), PageVisitor(url, page)
+        assert alice.http.cookies.get("csrftoken")  # the page set it
+        assert alice.start(csrf=False).status_code == 403  # CSRF stays on
+        assert not fake.attempts
+        started = alice.start().json()
+        sid = started["session_id"]
+        assert started["sessionToken"] == fake.sessions[sid]["token"]
+        assert mallory.end(sid).status_code == 404
+        assert mallory.leave(sid).status_code == 404
+        assert alice.end(sid).json() == {"ended": True} and fake.sessions == {}
+        sid = alice.start().json()["session_id"]
+        assert alice.leave(sid, csrf=False).status_code == 403  # a beacon needs it too
+        assert alice.leave(sid).json() == {"ended": True} and fake.sessions == {}
+        fake.script("create", Fault("raw", status=401, body=b'{"detail": "bad key"}'))
+        failed = alice.start()
+        assert failed.status_code == 502 and is_json_error(failed)
+        assert "bad key" not in failed.text
+        assert "401 Unauthorized" in (tmp_path / "gunicorn.log").read_text()
+        assert len(fake.created) == 2 and fake.sessions == {}
+
+
+# --------------------------------------------------------------------------- #
+# The pages in a real browser: one start in flight, a message that reads well
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(params=BACKENDS)
+def page_url(request, fake, no_env, tmp_path):
+    """A page and its backend under gunicorn; Avaturn, OpenAI and the Web SDK on
+    the fake."""
+    cwd, args, page = backend(request.param, tmp_path, readme_page(fake))
+    with gunicorn_in(fake, cwd, args, tmp_path / "gunicorn.log") as url:
+        yield url + page
+
+
+def test_browser_page_starts_one_session_however_fast_start_is_clicked(
+    browsers, fake, page_url
+):
+    from selenium.webdriver.common.by import By
+
+    alice = browsers()
+    alice.get(page_url)
+    alice.execute_script(
+        'const start = document.getElementById("start"); start.click(); start.click();'
+    )
+    first = live_session(fake)
+    # The SDK called with its token: that start is answered, and a second one,
+    # sent with the first, would have reached the fake long before.
+    until(lambda: fake.sdk_calls, "the SDK's first call")
+    assert len(fake.created) == 1 and fake.attempts["openai"] == 1
+    until(lambda: alice.find_element(By.ID, "stop").is_enabled(), "Stop")
+    alice.find_element(By.ID, "stop").click()
+    until(lambda: not fake.sessions, "Stop to end the session")
+    # the tab goes away: its beacon ends the session (Django: CSRF in its body)
+    until(lambda: alice.find_element(By.ID, "start").is_enabled(), "Start")
+    alice.find_element(By.ID, "start").click()
+    live_session(fake, {first})
+    page_tab = alice.current_window_handle
+    alice.switch_to.new_window("tab")
+    alice.switch_to.window(page_tab)
+    alice.close()
+    until(lambda: not fake.sessions, "closing the tab to end the session")
+    assert len(fake.created) == 2
+
+
+def test_browser_page_says_why_a_start_failed_in_one_clean_sentence(
+    browsers, fake, page_url
+):
+    from selenium.webdriver.common.by import By
+
+    fake.script("create", Fault("raw", status=401, body=b'{"detail": "bad key"}'))
+    alice = browsers()
+    alice.get(page_url)
+    alice.find_element(By.ID, "start").click()
+    status = until(
+        lambda: (
+            "unavailable" in (text := alice.find_element(By.ID, "status").text) and text
+        ),
+        "the failure message",
+    )
+    assert status.startswith("Could not start the avatar: The avatar is unavailable")
+    assert not re.search(r"[.,:;!?]\s*[.,:;!?]", status), status
+    assert "bad key" not in status
+    assert alice.find_element(By.ID, "start").is_enabled()  # to try again
+    assert fake.sessions == {}
 
 
 # --------------------------------------------------------------------------- #

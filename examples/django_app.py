@@ -9,6 +9,7 @@ examples/flask_app.py: each session belongs to the visitor who started it
 one live session per visitor, the page ends the session on Stop and when the
 tab goes away. Django's CSRF protection stays on: the page sends the token.
 Visitors get a generic message when Avaturn fails; the detail goes to the log.
+Each request's Avaturn calls share one budget, within gunicorn's timeout.
 Without ``DJANGO_SECRET_KEY`` it refuses to start (unless ``DJANGO_DEBUG=1``).
 """
 
@@ -69,6 +70,9 @@ REALTIME_SESSION = {
 }
 PAGE = (Path(__file__).with_name("avatar_page.html")).read_text(encoding="utf-8")
 OWNED = "avaturn_session_id"  # the visitor's live session, in the signed cookie
+# Seconds for all of a request's Avaturn calls: gunicorn's 30 s worker timeout,
+# less av.CLEANUP_GRACE (5 s) to end a session created too late, less a margin.
+BUDGET = 20
 
 View = Callable[..., HttpResponse]
 
@@ -111,6 +115,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 @errors_as_json
+@av.deadline(BUDGET)
 def start_avatar(request: HttpRequest) -> HttpResponse:
     """Mint an OpenAI client secret, create the session, return the Web SDK options."""
     # REAL APP: require a logged-in user here (@login_required) and rate-limit
@@ -131,6 +136,7 @@ def start_avatar(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 @errors_as_json
+@av.deadline(BUDGET)
 def say(request: HttpRequest, session_id: str) -> HttpResponse:
     """Queue text for the avatar to speak (text-echo sessions)."""
     owned = owned_session(request, session_id)
@@ -144,6 +150,7 @@ def say(request: HttpRequest, session_id: str) -> HttpResponse:
 
 @require_http_methods(["DELETE", "POST"])
 @errors_as_json
+@av.deadline(BUDGET)
 def end_avatar(request: HttpRequest, session_id: str) -> HttpResponse:
     """End the visitor's session: Stop (DELETE), or the page's beacon when its tab
     goes away (POST .../end, CSRF token in the form body); safe to call twice."""

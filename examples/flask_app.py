@@ -15,6 +15,7 @@ What it shows:
 - cross-site requests are refused: JSON endpoints need a JSON body, and every
   state-changing request must come from this site's own pages;
 - visitors get a generic message when Avaturn fails; the detail goes to the log;
+- each request's Avaturn calls share one budget, within gunicorn's timeout;
 - it refuses to start without ``FLASK_SECRET_KEY`` (outside debug mode): every
   worker must sign cookies with the same key, or a visitor's next request,
   served by another worker, could not end the session it started;
@@ -57,6 +58,9 @@ REALTIME_SESSION = {
 }
 PAGE = (Path(__file__).with_name("avatar_page.html")).read_text(encoding="utf-8")
 OWNED = "avaturn_session_id"  # the visitor's live session, in the signed cookie
+# Seconds for all of a request's Avaturn calls: gunicorn's 30 s worker timeout,
+# less av.CLEANUP_GRACE (5 s) to end a session created too late, less a margin.
+BUDGET = 20
 
 
 @app.before_request
@@ -85,6 +89,7 @@ def owned_session(session_id: str) -> str:
 
 
 @app.post("/avatar/session")
+@av.deadline(BUDGET)
 def start_avatar() -> Response:
     """Mint an OpenAI client secret, create the session, return the Web SDK options."""
     # REAL APP: require a logged-in user here and rate-limit per user: every
@@ -101,6 +106,7 @@ def start_avatar() -> Response:
 
 
 @app.post("/avatar/session/<session_id>/say")
+@av.deadline(BUDGET)
 def say(session_id: str) -> Response:
     """Queue text for the avatar to speak (text-echo sessions)."""
     payload: Any = request.get_json(silent=True) or {}
@@ -109,6 +115,7 @@ def say(session_id: str) -> Response:
 
 
 @app.delete("/avatar/session/<session_id>")
+@av.deadline(BUDGET)
 def end_avatar(session_id: str) -> Response:
     """End the visitor's session: Stop (DELETE), or the page's beacon when its tab
     goes away (POST .../end, registered below); safe to call twice."""
