@@ -1,10 +1,21 @@
-"""A fake Avaturn.Live API on 127.0.0.1, for the tests and the benchmark.
+"""A fake Avaturn.Live API on 127.0.0.1, for the tests, the benchmarks, and
+your own manual runs: `python testing/fake_avaturn.py` serves it and prints
+the environment that points avaturn_session (and its CLI) at it.
 
 `FakeAvaturn` is a stdlib ThreadingHTTPServer that speaks the session API (and
 OpenAI's and Cartesia's minting endpoints, and what the browser's Web SDK asks),
 keeps the server-side truth (what it created, spoke, terminated, minted; which
 connection carried what), and misbehaves on cue (`Fault`): the hostile server a
-client must survive. Nothing here talks to any other host.
+client must survive. Nothing here talks to any other host. What it answers:
+
+    POST   /api/v1/sessions             {"conversation_engine"?, "avatar_id"?, ...}
+                                        -> 200 {"session_id", "token"} (422, 410, 401)
+    POST   /api/v1/sessions/{id}/tasks  {"text"} -> 200 {"task_id"} (404)
+    DELETE /api/v1/sessions/{id}        -> 204 (404 once gone)
+    POST   /v1/realtime/client_secrets  {"expires_after", "session"}
+                                        -> 200 {"value", "expires_at", "session"}
+    POST   /access-token                {"grants", "expires_in"} -> 200 {"token"}
+    GET    /_sdk/v0/sessions            X-Session-Token -> what the Web SDK's init() reads
 """
 
 from __future__ import annotations
@@ -757,3 +768,12 @@ class FaultServer:
         ]
         head = f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
         return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+if __name__ == "__main__":  # a fake for manual runs: until Ctrl-C
+    fake = FakeAvaturn()
+    print(f"export AVATURN_API_KEY={KEY} AVATURN_BASE_URL={fake.url}")
+    print(f"export OPENAI_API_KEY=sk-fake OPENAI_BASE_URL={fake.url}/v1")
+    print(f"export CARTESIA_API_KEY=ck-fake CARTESIA_BASE_URL={fake.url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
