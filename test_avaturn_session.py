@@ -2646,7 +2646,7 @@ def test_warm_in_a_forked_child_opens_its_own_connections(three_fakes):
     wait_for(lambda: all(connections(three_fakes).values()))
 
     def child_worker() -> list[str]:
-        cold = av.warm()  # as gunicorn's post_fork hook would
+        cold = av.warm()  # as gunicorn's post_worker_init hook would
         session_starts(1)
         return cold
 
@@ -4210,7 +4210,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def gunicorn(fake: FakeAvaturn, target: str, **env: str) -> Any:
-    """The README's command: 4 workers, the examples' config (warm() in post_fork)."""
+    """The README's command: 4 workers, the examples' config (warm() in post_worker_init)."""
     executable = Path(sys.executable).with_name("gunicorn")
     assert executable.exists(), "gunicorn is in the test extra"
     port = free_port()
@@ -4241,7 +4241,7 @@ def test_example_serves_its_visitors_under_gunicorn_with_4_workers(
 ):
     keys = {"FLASK_SECRET_KEY": "gunicorn-test", "DJANGO_SECRET_KEY": "gunicorn-test"}
     with gunicorn(fake, GUNICORN_TARGETS[framework], **keys) as (_, url):
-        # post_fork: each worker opened its Avaturn and OpenAI connections
+        # post_worker_init: each worker opened its Avaturn and OpenAI connections
         # (both on this fake) before its first visitor, and sent nothing
         until(lambda: fake.connections >= 8, "4 warmed workers")
         assert not fake.attempts
@@ -4888,6 +4888,311 @@ def test_browser_page_says_why_a_start_failed_in_one_clean_sentence(
     assert "bad key" not in status
     assert alice.find_element(By.ID, "start").is_enabled()  # to try again
     assert fake.sessions == {}
+
+
+# --------------------------------------------------------------------------- #
+# Deployments: gunicorn's worker classes, uWSGI's two modes, celery
+# --------------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def served(command: list[str], log: Path) -> Any:
+    """A server from the checkout with the test's environment (its fakes' keys,
+    base URLs and CA bundle); its output in `log`. On exit it is stopped, and
+    none of its processes may be left running."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLASK_SECRET_KEY": "deploy-test"}
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield server
+    except BaseException:
+        print(log.read_text()[-5000:])  # pytest shows it with the failure
+        raise
+    finally:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        workers = children.read_text().split() if children.exists() else []
+        server.send_signal(signal.SIGINT)  # all of them stop at once on SIGINT
+        server.wait(30)
+        for pid in workers:  # gone, not merely orphaned
+            gone = Path(f"/proc/{pid}")
+            until(lambda gone=gone: not gone.exists(), f"worker {pid} to exit")
+
+
+def gunicorn_command(worker_class: str, workers: int) -> tuple[list[str], str]:
+    """The examples' config, as the README runs it, with any worker class; its URL."""
+    bind = f"127.0.0.1:{free_port()}"
+    command = [str(Path(sys.executable).with_name("gunicorn")), "--bind", bind]
+    command += [
+        "-k",
+        worker_class,
+        "-w",
+        str(workers),
+        "-c",
+        "examples/gunicorn.conf.py",
+    ]
+    return command + ["--chdir", "examples", "flask_app:app"], f"http://{bind}"
+
+
+def visit(url: str, starts: int) -> list[Any]:
+    """One visitor (one cookie) starting and ending `starts` sessions in turn;
+    a new connection for each request, as uWSGI's --http closes each one."""
+    ended = []
+    for _ in range(starts):
+        started = requests.post(url + "/avatar/session", json={}, timeout=60)
+        sid = started.json()["session_id"]
+        end = requests.delete(
+            f"{url}/avatar/session/{sid}", cookies=started.cookies, timeout=60
+        )
+        ended.append(end.json())
+    return ended
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "hosts", "visitors", "starts"),
+    [
+        ("gevent", "three_fakes", 20, 10),
+        ("gevent", "tls_fakes", 20, 10),
+        ("sync", "tls_fakes", 4, 5),
+        ("gthread", "tls_fakes", 4, 5),
+    ],
+)
+def test_gunicorn_config_serves_concurrent_visitors_with_every_worker_class(
+    request, tmp_path, no_env, worker_class, hosts, visitors, starts
+):
+    fakes = request.getfixturevalue(hosts)
+    command, url = gunicorn_command(worker_class, workers=2)
+    with served(command, tmp_path / "gunicorn.log"):
+        # each worker opened one connection to each host whose key is set,
+        # and sent nothing
+        warmed = {"avaturn": 2, "openai": 2, "cartesia": 2}
+        until(lambda: connections(fakes) == warmed, "2 warmed workers")
+        assert not any(fake.attempts for fake in fakes.values())
+        # the first visitor's calls go over the warmed connections
+        assert visit(url, 1) == [{"terminated": True}]
+        assert connections(fakes) == warmed
+        with concurrent.futures.ThreadPoolExecutor(visitors) as pool:
+            ended = [
+                end
+                for ends in pool.map(visit, [url] * visitors, [starts] * visitors)
+                for end in ends
+            ]
+    assert ended == [{"terminated": True}] * (visitors * starts)
+    assert len(fakes["avaturn"].created) == visitors * starts + 1
+    assert fakes["avaturn"].sessions == {}
+    log = (tmp_path / "gunicorn.log").read_text()
+    # gevent warns when ssl-using modules were imported before it patched
+    errors = ("Traceback", "MonkeyPatchWarning", "RecursionError", "OverflowError")
+    assert [error for error in errors if error in log] == [], log[-3000:]
+
+
+def test_gunicorn_gevent_worker_serves_a_page_while_a_start_waits(
+    tmp_path, three_fakes, no_env
+):
+    """The warmed sockets are gevent's: a start waiting on one blocks no one else."""
+    command, url = gunicorn_command("gevent", workers=1)
+    with served(command, tmp_path / "gunicorn.log"):
+        until(lambda: three_fakes["openai"].connections == 1, "a warmed worker")
+        three_fakes["openai"].script("openai", Fault("late", delay=6))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(visit, url, 1)
+            until(lambda: three_fakes["openai"].attempts["openai"], "the slow mint")
+            start = time.monotonic()
+            page = requests.get(url + "/", timeout=30)
+            waited = time.monotonic() - start
+            assert slow.result() == [{"terminated": True}]
+    assert page.status_code == 200 and waited < 3
+    assert three_fakes["openai"].connections == 1  # the mint went over the warm one
+    assert three_fakes["avaturn"].sessions == {}
+
+
+# Where the README puts av.warm() under uWSGI, in a module of its own (uwsgidecorators
+# exists only under uWSGI): its default imports the app in the master, then forks;
+# --lazy-apps imports it in each worker, where postfork hooks never run.
+UWSGI_POSTFORK = """
+import uwsgidecorators
+
+import avaturn_session as av
+from flask_app import app
+
+uwsgidecorators.postfork(av.warm)
+"""
+UWSGI_AT_IMPORT = """
+import avaturn_session as av
+from flask_app import app
+
+av.warm()
+"""
+# The test's own addition: which worker answered.
+WORKER_HEADER = """
+@app.after_request
+def worker(response):
+    response.headers["X-Worker"] = str(__import__("os").getpid())
+    return response
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "module", "warmed"),
+    [
+        ([], UWSGI_POSTFORK, 4),  # each of the 2 workers: Avaturn and OpenAI
+        (["--lazy-apps"], UWSGI_AT_IMPORT, 4),
+        ([], UWSGI_AT_IMPORT, 2),  # in the master: wasted, and never used by a worker
+    ],
+    ids=["postfork", "lazy-apps", "warmed-in-master"],
+)
+def test_uwsgi_workers_each_use_their_own_connections(
+    fake, tmp_path, monkeypatch, no_env, mode, module, warmed
+):
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    (tmp_path / "served_app.py").write_text(module + WORKER_HEADER)
+    executable = Path(sys.executable).with_name("uwsgi")
+    assert executable.exists(), "uwsgi is in the test extra"
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [str(executable), "--http", url[7:]]
+    command += ["--master", "--processes", "2", "--module", "served_app:app"]
+    command += ["--chdir", "examples", "--pythonpath", str(tmp_path), *mode]
+    with served(command, tmp_path / "uwsgi.log"):
+        until(lambda: fake.connections == warmed, "warmed connections")
+        assert not fake.attempts
+        owners: dict[int, set[str]] = {}  # client port at the fake: workers using it
+
+        def request(method: str, path: str, **kwargs: Any) -> Any:
+            """One request; the fake's connections it used, to the worker that answered."""
+            seen = len(fake.peers)
+            answer = requests.request(method, url + path, timeout=60, **kwargs)
+            for _, port in fake.peers[seen:]:
+                owners.setdefault(port, set()).add(answer.headers["X-Worker"])
+            return answer
+
+        workers: set[str] = set()
+        while len(workers) < 2 and len(fake.created) < 40:
+            started = request("POST", "/avatar/session", json={})
+            sid = started.json()["session_id"]
+            ended = request("DELETE", f"/avatar/session/{sid}", cookies=started.cookies)
+            assert ended.json() == {"terminated": True}
+            workers |= {started.headers["X-Worker"], ended.headers["X-Worker"]}
+    assert len(workers) == 2 and fake.sessions == {}
+    assert [port for port, users in owners.items() if len(users) > 1] == []
+    if warmed == 2:  # the master's connections carried nothing
+        assert len(owners) == fake.connections - 2
+
+
+def celery_backend() -> Any:
+    """celery's result backend with its defaults (the json serializer), no broker."""
+    celery = pytest.importorskip("celery")
+    backend = celery.Celery(backend="cache+memory://").backend
+    assert backend.serializer == "json"
+    return backend
+
+
+@pytest.mark.parametrize("error", ERROR_SAMPLES, ids=lambda e: type(e).__name__)
+def test_errors_round_trip_through_celerys_json_serializer(error):
+    backend = celery_backend()
+    stored = backend.encode(backend.prepare_exception(error))  # what a worker stores
+    clone = backend.exception_to_python(backend.decode(stored))  # what .get() raises
+    assert type(clone) is type(error)
+    assert str(clone) == str(error)
+    assert vars(clone) == vars(error)
+
+
+def test_errors_the_library_raises_fit_celerys_json_serializer(fake):
+    """Real errors, with every field the library fills in, survive it too."""
+    client = client_for(fake, max_retries=0)
+    fake.script("create", Fault("status", status=429, retry_after="90"))
+    fake.script("create", Fault("html"), Fault("empty"), Fault("late", delay=2))
+    fake.script("say", Fault("echo"))
+    fake.script("openai", Fault("status", status=500))
+    calls = [
+        lambda: client.create_session(),  # 429, Retry-After
+        lambda: client.create_session(),  # 502, an HTML page
+        lambda: client.create_session(),  # 200 without a body
+        lambda: client.create_session(deadline=0.3),  # the deadline
+        lambda: client.create_session({"type": "bogus"}),  # 422, FastAPI's detail
+        lambda: client.say("sess_gone", "hi"),  # 500 echoing secrets
+        lambda: client.say("sess_gone", "hi"),  # 404
+        lambda: av.AvaturnClient(
+            KEY, base_url=closed_port_url(), max_retries=0
+        ).terminate_session("s1"),  # refused
+        lambda: client.create_session(user_absent_timeout=-5),  # bad input
+        lambda: av.mint_openai_client_secret(api_key="sk-x", base_url=fake.url + "/v1"),
+    ]
+    backend = celery_backend()
+    for call in calls:
+        with pytest.raises(av.AvaturnError) as info:
+            call()
+        clone = backend.exception_to_python(
+            backend.decode(backend.encode(backend.prepare_exception(info.value)))
+        )
+        assert (type(clone), str(clone)) == (type(info.value), str(info.value))
+        assert vars(clone) == vars(info.value)
+
+
+def test_error_read_where_avaturn_session_is_not_imported_keeps_message_and_fields(
+    monkeypatch,
+):
+    """celery then makes an Exception subclass of the same name: no
+    `except av.NotFoundError` catches it; args are (message, fields)."""
+    backend = celery_backend()
+    error = av.NotFoundError("404 Not Found (request req_1): gone", status_code=404)
+    stored = backend.encode(backend.prepare_exception(error))
+    monkeypatch.delitem(sys.modules, "avaturn_session")
+    clone = backend.exception_to_python(backend.decode(stored))
+    assert type(clone).__name__ == "NotFoundError"
+    assert type(clone).__mro__[1:] == (Exception, BaseException, object)
+    assert clone.args == ("404 Not Found (request req_1): gone", {"status_code": 404})
+
+
+CELERY_TASKS = """
+import os
+
+import celery
+
+import avaturn_session as av
+
+app = celery.Celery("tasks", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
+
+
+@app.task
+def say(session_id, text):
+    return av.say(session_id, text)
+"""
+
+
+def test_error_raised_in_a_celery_task_arrives_typed(fake, tmp_path, monkeypatch):
+    """A prefork worker on a real redis, celery's defaults: the caller's .get()
+    raises the library's class with its fields."""
+    redis = shutil.which("redis-server")
+    if redis is None:  # .ci/run installs it
+        reason = "the celery test needs redis-server: apt-get install -y redis-server"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
+    monkeypatch.setenv("BROKER", f"redis+socket://{tmp_path}/redis.sock")
+    (tmp_path / "tasks.py").write_text(CELERY_TASKS)
+    spec = importlib.util.spec_from_file_location("tasks", tmp_path / "tasks.py")
+    tasks = importlib.util.module_from_spec(spec)  # the caller's side, as "tasks"
+    spec.loader.exec_module(tasks)
+    store = [redis, "--port", "0", "--unixsocket", f"{tmp_path}/redis.sock"]
+    store += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    worker = [str(Path(sys.executable).with_name("celery")), "--workdir", str(tmp_path)]
+    worker += ["-A", "tasks", "worker", "--pool", "prefork", "--concurrency", "2"]
+    with (
+        served(store, tmp_path / "redis.log"),
+        served(worker, tmp_path / "celery.log"),
+    ):
+        result = tasks.say.delay("sess_unknown", "hello")
+        with pytest.raises(av.NotFoundError) as info:
+            result.get(timeout=60)
+    assert info.value.status_code == 404
+    assert str(info.value).startswith("404 Not Found")
+    assert fake.attempts["say"] == 1
 
 
 # --------------------------------------------------------------------------- #

@@ -583,8 +583,8 @@ class FaultServer:
                 return
             target = self._fault if first else self._serve
             thread = threading.Thread(target=target, args=(conn,), daemon=True)
-            thread.start()
-            self.first, first = self.first or thread, False
+            self.first, first = self.first or thread, False  # before it runs: close()
+            thread.start()  # may come before the next line of this loop
 
     def _drain_backlog(self) -> None:
         self.listener.settimeout(0.5)
