@@ -1153,7 +1153,8 @@ class _Transport:
         self.max_retries = _check_int(max_retries, "max_retries", 0, None)
         if http_session is not None and not isinstance(http_session, requests.Session):
             raise ConfigurationError("http_session must be a requests.Session")
-        self.given, self.own, self.pid = http_session, requests.Session(), -1
+        self.given, self.pid = http_session, -1
+        self.own: requests.Session | None = None  # built on first use, per process
         # A proxy from the environment would see a loopback request in clear.
         host = urllib.parse.urlsplit(self.base_url).hostname
         self.proxies = dict(_NO_PROXIES) if _is_loopback(host) else None
@@ -1176,12 +1177,12 @@ class _Transport:
         never shares a socket (or a lock) with its parent."""
         if self.given is not None:
             return self.given
-        if self.pid != os.getpid():
+        if self.own is None or self.pid != os.getpid():
             self.own, self.pid = _new_http_session(), os.getpid()
         return self.own
 
     def close(self) -> None:
-        if self.pid == os.getpid():
+        if self.own is not None and self.pid == os.getpid():
             self.own.close()
 
     def expiry(self, deadline: object) -> float:
