@@ -53,8 +53,8 @@ if TYPE_CHECKING:  # only the type checker needs these (Self, Unpack: 3.11+)
 
     from typing_extensions import Unpack
 
-if not hasattr(urllib3, "BaseHTTPResponse"):  # a copied file: what setup.cfg requires
-    raise ImportError("avaturn_session needs urllib3>=2: pip install 'urllib3>=2'")
+if not hasattr(urllib3.HTTPResponse, "read1"):  # a copied file: setup.cfg requires
+    raise ImportError("avaturn_session needs urllib3>=2.2: pip install 'urllib3>=2.2'")
 
 __all__ = [
     "CLEANUP_GRACE",
@@ -210,11 +210,11 @@ _OPENAI_HEADERS = (
 _PATH_SESSIONS = "/api/v1/sessions"
 _USER_AGENT = f"avaturn-session/{__version__}"
 
-# Deepest JSON sent or redacted; longest detail quoted in a message; session
-# tokens remembered, to be scrubbed from any later error.
+# Deepest JSON sent or redacted; longest detail quoted in a message; secrets
+# remembered, to be scrubbed from any later error.
 _MAX_JSON_DEPTH = 32
 _MAX_DETAIL_CHARS = 500
-_REMEMBERED_TOKENS = 256
+_REMEMBERED_SECRETS = 256
 
 # Status phrases as CPython before 3.13 words them: the same text everywhere.
 _PHRASES = {
@@ -512,6 +512,7 @@ def external_engine(
     ``user_sample_rate`` is the user's audio rate in Hz.
     """
     engine = _hide({"type": "external", "url": url, "headers": headers})
+    headers = engine["headers"]  # the masked copy: no frame holds a plain value
     if headers is None:
         del engine["headers"]
     if user_sample_rate is not None:
@@ -548,12 +549,12 @@ def mint_openai_client_secret(
     client, bounded by one timeout only. Raises ``ConfigurationError`` or
     ``CredentialError`` (``provider="openai"``).
     """
-    if session is not None and not isinstance(session, Mapping):
+    session = _hide(session)  # masked first: no frame holds its credentials plain
+    if session is not None and not isinstance(session, dict):
         raise ConfigurationError("session must be a mapping")
-    config = _OPENAI_DEFAULT_SESSION if session is None else session
     body = {
         "expires_after": {"anchor": "created_at", "seconds": expires_in},
-        "session": {"type": "realtime", **_hide(config)},
+        "session": {"type": "realtime", **(session or _OPENAI_DEFAULT_SESSION)},
     }
     options = (expires_in, api_key, base_url, ready, timeout, deadline)
     if openai_client is not None:
@@ -602,7 +603,9 @@ def _mint_now(provider: str, minter: _Transport, payload: _Payload, *call: Any) 
     _, _, _, path, field, _ = _MINTERS[provider]
     answer = minter.call("POST", path, payload, *call[:2])
     try:
-        return _Secret(answer.string(field))
+        value = _Secret(answer.string(field))
+        _SEEN.append(value)
+        return value
     except AvaturnError as exc:
         # Chained to our own typed, redacted error (never a transport exception).
         raise CredentialError(
@@ -649,7 +652,8 @@ class AvaturnClient:
     call, every attempt and wait included (each method takes both too);
     ``max_retries``: extra attempts, only where repeating cannot double-bill.
     ``http_session``: a ``requests.Session`` to send through, never closed;
-    its adapters count no bytes, so a failure through it counts as sent.
+    its adapters count no bytes (a failure through it counts as sent) and
+    bound an answer's head per read only, not in total.
     """
 
     def __init__(
@@ -688,7 +692,7 @@ class AvaturnClient:
     def warm(self, *, deadline: float | None = None) -> bool:
         """Open this client's keep-alive connection now, sending nothing (see
         ``warm()``); False, logged as a WARNING, when it cannot."""
-        return self._transport.warm(deadline)
+        return self._transport.warm(self._transport.expiry(deadline))
 
     def create_session(
         self,
@@ -712,10 +716,11 @@ class AvaturnClient:
         session, the session its answer names (read leniently) is ended within
         ``CLEANUP_GRACE``; the error says what may still run.
         """
+        engine, extra = _hide(engine), _hide(extra)  # masked first, for any frame
         options: dict[str, Any] = {"avatar_id": avatar_id, "background": background}
         options |= {"render_model": render_model, "max_duration": max_duration}
-        options |= {"user_absent_timeout": user_absent_timeout, "extra": _hide(extra)}
-        payload = _Payload(_build_create_body(_hide(engine), options))
+        options |= {"user_absent_timeout": user_absent_timeout, "extra": extra}
+        payload = _Payload(_build_create_body(engine, options))
         trail: list[_Attempt] = []
         try:
             answer = self._transport.call(
@@ -733,7 +738,7 @@ class AvaturnClient:
                 session_id and token
             ):
                 raise answer.unusable("has no 'session_id' and 'token' strings")
-            _TOKENS.append(token)
+            _SEEN.append(token)
             return AvaturnSession(session_id, token, self.base_url)
         except BaseException as exc:  # ours, or the caller's (Ctrl-C, a time limit)
             self._end_lost(trail, exc)
@@ -783,16 +788,22 @@ class AvaturnClient:
         ``CLEANUP_GRACE``, even past a ``deadline()``. If ending fails while the
         block's own exception propagates, that one wins and a WARNING is logged.
         """
+        engine = _hide(engine)  # masked first, in every frame
         created = self.create_session(engine, **options)
+        timeout, deadline = options.get("timeout"), options.get("deadline")
         try:
             yield created
         except BaseException:
-            self._end(created.session_id, "after an error in the with-block")
+            self._end(
+                created.session_id, "after an error in the block", timeout, deadline
+            )
             raise
-        until = max(
-            self._transport.expiry(options.get("deadline")), _now() + CLEANUP_GRACE
-        )
-        self._terminate(created.session_id, options.get("timeout"), None, until)
+        try:
+            until = max(self._transport.expiry(deadline), _now() + CLEANUP_GRACE)
+            self._terminate(created.session_id, timeout, None, until)
+        except BaseException as exc:
+            _say_running(exc, created.session_id, "may still be running")
+            raise
 
     def _terminate(
         self, session_id: str, timeout: Any, deadline: Any, until: float | None = None
@@ -804,14 +815,26 @@ class AvaturnClient:
         answer.check()
         return answer.status not in _GONE or answer.acted_before
 
-    def _end(self, session_id: str, why: str, until: float | None = None) -> bool:
-        """End a session this client made (at least ``CLEANUP_GRACE`` for it);
-        on failure log a WARNING and return False instead of raising."""
-        until = until or max(self._transport.expiry(None), _now() + CLEANUP_GRACE)
+    def _end(
+        self,
+        session_id: str,
+        why: str,
+        timeout: Any = None,
+        deadline: Any = None,
+        until: float | None = None,
+    ) -> bool:
+        """End a session this client made, with at least ``CLEANUP_GRACE`` for
+        it; on failure log a WARNING naming it and return False (the caller's
+        own interruption goes on, after the WARNING)."""
+        until = until or max(self._transport.expiry(deadline), _now() + CLEANUP_GRACE)
         try:
-            self._terminate(session_id, None, None, until)
-        except AvaturnError as exc:
-            _log.warning("could not end session %s (%s): %s", session_id, why, exc)
+            self._terminate(session_id, timeout, None, until)
+        except BaseException as exc:
+            _log.warning(
+                "could not end session %s (%s): %s", _redact(session_id, ()), why, exc
+            )
+            if not isinstance(exc, AvaturnError):
+                raise
             return False
         return True
 
@@ -823,16 +846,23 @@ class AvaturnClient:
             return
         session_id = last.recover("session_id") if last.status < 300 else None
         if session_id is None:
-            note = "a session may have been created (it ends by itself after user_absent_timeout)"
-        elif self._end(session_id, "create failed", last.expires_at + CLEANUP_GRACE):
-            return
-        else:
-            note = f"session {session_id} may still be running"
-        if isinstance(exc, AvaturnError):
-            exc.args = (f"{exc}; {note}", {**exc.args[1], "session_id": session_id})
-            exc.session_id = session_id
-        else:
-            _log.warning("create_session interrupted: %s", note)
+            _say_running(exc, None, "may have been created")
+        elif not self._end(
+            session_id, "create failed", until=last.expires_at + CLEANUP_GRACE
+        ):
+            _say_running(exc, session_id, "may still be running")
+
+
+def _say_running(exc: BaseException, session_id: str | None, what: str) -> None:
+    """Say on ``exc`` (or, for the caller's own exception, in a WARNING) which
+    session may still be running, or that one may have been created."""
+    shown = "a session" if session_id is None else f"session {_redact(session_id, ())}"
+    note = f"{shown} {what} (it ends by itself after user_absent_timeout)"
+    if isinstance(exc, AvaturnError):
+        exc.args = (f"{exc}; {note}", {**exc.args[1], "session_id": session_id})
+        exc.session_id = session_id
+    else:
+        _log.warning("%s: %s", type(exc).__name__, note)
 
 
 # --------------------------------------------------------------------------- #
@@ -845,6 +875,7 @@ def create_session(
 ) -> AvaturnSession:
     """``AvaturnClient.create_session`` (``timeout=`` and ``deadline=`` too) on
     the shared client built from the environment."""
+    engine = _hide(engine)  # masked first, in every frame
     return _client().create_session(engine, **options)
 
 
@@ -873,6 +904,7 @@ def session(
     engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
 ) -> contextlib.AbstractContextManager[AvaturnSession]:
     """``AvaturnClient.session`` on the shared client built from the environment."""
+    engine = _hide(engine)  # masked first, in every frame
     return _client().session(engine, **options)
 
 
@@ -883,13 +915,15 @@ def deadline(seconds: float) -> Iterator[None]:
     Each call ends by the earlier of its own deadline and the block's (a
     create's cleanup gets ``CLEANUP_GRACE`` more); an inner block can only
     shorten an outer one. Context-local: right in threads and greenlets. Also
-    a decorator: ``@av.deadline(20)`` over a view.
+    a decorator, ``@av.deadline(20)``, over a plain view (a generator's or a
+    coroutine's body runs after the call: put the block inside those).
     """
-    token = _BUDGET.set(min(_BUDGET.get(), _now() + _check_seconds(seconds, "seconds")))
+    outer = _BUDGET.get()
+    _BUDGET.set(min(outer, _now() + _check_seconds(seconds, "seconds")))
     try:
         yield
-    finally:
-        _BUDGET.reset(token)
+    finally:  # set, not reset: the block may end in another copy of its context
+        _BUDGET.set(outer)
 
 
 def warm(*, deadline: float | None = None) -> list[str]:
@@ -907,10 +941,10 @@ def warm(*, deadline: float | None = None) -> list[str]:
         if os.environ.get(key_variable):
             transports.append(_minter(provider, None, None))
     _here().ready.fill()
-    cold: list[str] = []
+    until, cold = transports[0].expiry(deadline), []  # here: the threads see no block
 
     def warm_one(transport: _Transport) -> None:
-        if not transport.warm(deadline):
+        if not transport.warm(until):
             cold.append(transport.base_url)
 
     threads = [threading.Thread(target=warm_one, args=(t,)) for t in transports]
@@ -925,11 +959,11 @@ def close_shared_clients() -> None:
     """Release what the module shares in this process (the module-level
     functions' client, the minting connections) and stop minting ahead, e.g.
     at shutdown; all of it is built again on next use."""
-    global _process
-    process, _process = _process, None
-    _JOBS.clear()
-    if process is not None and process.pid == os.getpid():
+    process = _processes.pop(os.getpid(), None)
+    if process is not None:
         process.ready.stop()
+    _JOBS.clear()
+    if process is not None:
         for transport in [*process.minters.values(), process.client]:
             if transport is not None:
                 transport.close()
@@ -1014,12 +1048,13 @@ class _Payload:
             text = json.dumps(
                 body, allow_nan=False, ensure_ascii=False, default=_not_json
             )
-            self.data = text.encode("utf-8")  # a lone surrogate fails here
+            self.data = _SecretBytes(text.encode("utf-8"))  # a lone surrogate fails
         except (TypeError, ValueError, RecursionError) as exc:
             problem = _CONTROL.sub(" ", str(exc))[:200]
         if problem is not None:
             raise ConfigurationError(f"the request is not valid JSON: {problem}")
         self.body, self.secrets = body, tuple(found)
+        _SEEN.extend(found)
 
     def __repr__(self) -> str:
         return f"<_Payload {len(getattr(self, 'data', b''))} bytes>"
@@ -1215,7 +1250,10 @@ class _Transport:
             attempt.grace = grace
             trail.append(attempt)
             started = _now()
-            self._send(payload, attempt)
+            try:
+                self._send(payload, attempt)
+            except BaseException as late:  # noqa: BLE001 - the caller's, as _send sorted
+                attempt.interrupt = _cut(late)
             took = (_now() - started) * 1000
             info = (method, path, attempt.label(), took, len(trail))
             _log.debug("%s %s -> %s in %.1f ms (attempt %d)", *info)
@@ -1245,17 +1283,20 @@ class _Transport:
         of our connections (they hold the request's bytes) is in a traceback."""
         try:
             attempt.wait(math.inf)  # nothing is handed on once the deadline passed
+            http, url = self.http, self.base_url + attempt.path
+            data = payload.data if payload else None
+            prepared = http.prepare_request(
+                requests.Request(
+                    attempt.method, url, self.headers, data=data, auth=self.auth
+                )
+            )
+            settings = http.merge_environment_settings(
+                url, self.proxies or {}, True, None, None
+            )
             attempt.sent = None  # unknown, unless our connections count it
-            with self.http.request(
-                attempt.method,
-                self.base_url + attempt.path,
-                data=None if payload is None else payload.data,
-                headers=self.headers,
-                auth=self.auth,
-                timeout=cast(Any, attempt),  # it travels down to our connections
-                allow_redirects=False,
-                stream=True,
-                proxies=self.proxies,
+            # The adapter, not Session.send: that reads a redirect's body whole.
+            with http.get_adapter(url).send(
+                prepared, timeout=cast(Any, attempt), **cast(Any, settings)
             ) as response:  # closed inside, whatever happens
                 attempt.status, attempt.headers = response.status_code, response.headers
                 cap = (
@@ -1264,37 +1305,37 @@ class _Transport:
                 encoding = attempt.headers.get("content-encoding", "identity").strip()
                 if encoding.lower() not in ("identity", ""):
                     attempt.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
-                for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
-                    attempt.body += chunk
+                for chunk in iter(lambda: response.raw.read1(_READ_CHUNK), b""):
+                    attempt.body += chunk  # what has come, each read bounded alone
                     if len(attempt.body) > cap:
                         attempt.problem = f"body larger than {cap} bytes"
                         break
-                    attempt.wait(math.inf)  # a caller's session bounds reads one by one
+                    attempt.wait(math.inf)  # a caller's session's reads: in total too
                 del attempt.body[cap:]
                 if attempt.grace and _now() > attempt.expires_at:  # read in the grace
                     raise TimeoutError("deadline exceeded")
-        except _NETWORK_ERRORS as exc:
-            # requests wraps what our connections raise: the reason is theirs
+        except BaseException as exc:  # noqa: BLE001 - sorted here; nothing below goes on
             inner = (
                 exc.__context__ if isinstance(exc, requests.RequestException) else exc
             )
+            if not isinstance(_cut(exc), _NETWORK_ERRORS):  # the caller's: Ctrl-C
+                attempt.interrupt = exc
+                return
+            # requests wraps what our connections raise: the reason is theirs
             inner = inner if isinstance(inner, Exception) else exc
             attempt.failure = f"{type(inner).__name__.lstrip('_')}: {inner}"
             attempt.timed_out = isinstance(inner, _TIMEOUTS) or isinstance(
                 exc, _TIMEOUTS
             )
-        except BaseException as exc:  # noqa: BLE001 - the caller's: Ctrl-C, a time limit
-            exc.__context__ = exc.__cause__ = None
-            attempt.interrupt = exc.with_traceback(None)
 
-    def warm(self, deadline: object = None) -> bool:
+    def warm(self, until: float) -> bool:
         """Open one keep-alive connection to the host now, sending nothing (only
         on our own connections; a caller's session is left alone)."""
         url = self.base_url + "/"
         adapter = self.http.get_adapter(url)
         if not isinstance(adapter, _Adapter):
             return True
-        expires_at = min(self.expiry(deadline), _now() + self.timeout[0])
+        expires_at = min(until, _now() + self.timeout[0])
         try:  # the route a request takes: the same proxies, verify and cert
             env = self.http.merge_environment_settings(
                 url, self.proxies, None, None, None
@@ -1315,6 +1356,13 @@ class _Transport:
             _log.warning("could not warm %s: %s", self.base_url, reason)
             return False
         return True
+
+
+def _cut(exc: BaseException) -> BaseException:
+    """``exc`` with no traceback, cause or context: whatever it passed through
+    below this module's call (requests, the connections) stays behind."""
+    exc.__context__ = exc.__cause__ = None
+    return exc.with_traceback(None)
 
 
 def _error(
@@ -1383,6 +1431,7 @@ class _BearerAuth(requests.auth.AuthBase):
 
     def __init__(self, key: str) -> None:
         self.key = _Secret(key)
+        _SEEN.append(self.key)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = _Secret("Bearer " + self.key)
@@ -1487,11 +1536,9 @@ class _Route:
         attempt = cast(_Attempt, timeout)  # requests passes our _Attempt through
         attempt.sent = 0  # counted from here, by _Conn.write
         conn = self.checkout(attempt) or self.connect(attempt)
-        lines = [f"{method} {url} HTTP/1.1", f"Host: {self.netloc}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        try:
-            head = "\r\n".join(lines).encode("latin-1")
-            conn.write(head + b"\r\n\r\n" + (body or b""))
+        try:  # the request's bytes are built (plain) only in _masked
+            head = f"{method} {url} HTTP/1.1\r\nHost: {self.netloc}\r\n"
+            conn.write(_masked(head, headers, body))
             return _Answer(self, conn)
         except BaseException:
             conn.close()
@@ -1559,14 +1606,17 @@ class _Route:
             if ":" in self.host
             else f"{self.host}:{self.port}"
         )
-        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        fields = {"Host": target}
         if self.proxy.username is not None:
             import base64
 
-            user, password = requests.utils.get_auth_from_url(self.proxy.geturl())
-            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-            lines.append(f"Proxy-Authorization: Basic {basic}")
-        conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), False)
+            login = _Secret(
+                ":".join(requests.utils.get_auth_from_url(self.proxy.geturl()))
+            )
+            fields["Proxy-Authorization"] = _Secret(
+                "Basic " + base64.b64encode(login.encode()).decode()
+            )
+        conn.write(_masked(f"CONNECT {target} HTTP/1.1\r\n", fields, None), False)
         answer = _Answer(None, conn, "CONNECT")
         answer.conn = None  # the connection goes on: TLS to the host, through it
         if answer.status != 200:
@@ -1580,11 +1630,12 @@ class _Conn:
     def __init__(self, sock: socket.socket, attempt: _Attempt) -> None:
         self.sock, self.attempt, self.reusable_until = sock, attempt, math.inf
 
-    def write(self, data: bytes, counted: bool = True) -> None:
-        """Write all of ``data``; bytes of the request are counted as written."""
-        attempt, view = self.attempt, memoryview(data)
+    def write(self, view: memoryview, counted: bool = True) -> None:
+        """Write all of ``view``; bytes of the request are counted as written, at
+        most a TLS record at a time (a record half on the wire is not counted)."""
+        attempt, sock = self.attempt, self.sock
         while view:
-            written = _io(attempt, self.sock, attempt.timeouts[1], self.sock.send, view)
+            written = _io(attempt, sock, attempt.timeouts[1], sock.send, view[:16384])
             attempt.sent = (attempt.sent or 0) + written * counted
             view = view[written:]
 
@@ -1646,15 +1697,12 @@ class _Answer(http.client.HTTPResponse):
                 return version, status, reason
             http.client.parse_headers(self.fp)  # 103 Early Hints and the like
 
-    def stream(
-        self, amt: int = _READ_CHUNK, decode_content: bool = False
-    ) -> Iterator[bytes]:
-        while chunk := self.read1(
-            amt
-        ):  # what has come: kept even if the rest never does
-            yield chunk
-        if self.length:  # http.client ends a body cut short without a word
+    def read1(self, n: int = -1) -> bytes:
+        """What has come of the body (it is kept even if the rest never comes)."""
+        data = super().read1(n)
+        if not data and self.length:  # http.client ends a cut-off body without a word
             raise _ProtocolError(f"the answer was cut off, {self.length} bytes short")
+        return data
 
     def close(self) -> None:
         whole = self.length == 0 or self.isclosed()  # read to its end?
@@ -1746,7 +1794,7 @@ class _Process:
     ran (uWSGI): it never uses its parent's sockets, locks or threads."""
 
     def __init__(self) -> None:
-        self.pid, self.lock = os.getpid(), threading.Lock()
+        self.lock = threading.Lock()
         self.client: AvaturnClient | None = None
         self.minters: dict[tuple[Any, ...], _Transport] = {}
         self.lookups: dict[tuple[str, int], _Lookup] = {}
@@ -1754,15 +1802,15 @@ class _Process:
         self.ready = _Ready()
 
 
-_process: _Process | None = None
+# Each process's, by pid: a forked child finds none and builds its own; racing
+# threads in a new process all keep the one ``setdefault`` kept.
+_processes: dict[int, _Process] = {}
 
 
 def _here() -> _Process:
     """This process's shared state (built anew in a forked child)."""
-    global _process
-    if _process is None or _process.pid != os.getpid():
-        _process = _Process()
-    return _process
+    pid = os.getpid()
+    return _processes.get(pid) or _processes.setdefault(pid, _Process())
 
 
 # How each configuration asked for with ``ready=True`` is minted: kept across
@@ -1837,10 +1885,12 @@ class _Ready:
                 if not due:
                     self.cond.wait(min(self.due.values(), default=now + 3600) - now)
                     continue
-                key = due[0]
+                key, job = due[0], _JOBS.get(due[0])
                 self.due[key] = now + key[-1]  # idle: one mint per lifetime at most
+            if job is None:  # forgotten (close_shared_clients)
+                continue
             try:
-                value = _mint_now(*_JOBS[key])
+                value = _mint_now(*job)
             except Exception as exc:  # noqa: BLE001 - logged once, never raised
                 if key not in self.failing:
                     _log.warning("could not mint a credential ahead: %s", exc)
@@ -2131,9 +2181,10 @@ _TAGS = re.compile(r"<[^>]{0,200}>")
 # A lone surrogate: UTF-8 cannot encode it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# The last session tokens this process received (appends and copies are
-# atomic under the GIL, so no lock): scrubbed from every later error.
-_TOKENS: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
+# The last secrets this process handled (keys, credentials it minted or sent,
+# session tokens; appends and copies are atomic, so no lock): scrubbed from
+# every later error, whichever call a server echoes them in.
+_SEEN: deque[str] = deque(maxlen=_REMEMBERED_SECRETS)
 
 
 class _Secret(str):
@@ -2144,6 +2195,21 @@ class _Secret(str):
 
     def __repr__(self) -> str:
         return _REDACTED
+
+
+def _masked(head: str, fields: Mapping[str, str], body: bytes | None) -> memoryview:
+    """A request's bytes, built here, as a view whose repr shows none of them."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    return memoryview((head + lines + "\r\n").encode("latin-1") + (body or b""))
+
+
+class _SecretBytes(bytes):
+    """A request's body, which holds credentials: ``repr()`` shows none."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "b'***'"
 
 
 # What ``_hide`` puts where nesting runs too deep (json then refuses the body).
@@ -2199,7 +2265,7 @@ def _not_json(value: object) -> NoReturn:
 
 def _known_secrets(extra: Sequence[str | None]) -> list[str]:
     """The secrets to scrub, longest first: ``extra`` and every remembered token."""
-    found = {s for s in (*extra, *tuple(_TOKENS)) if s and len(s) >= _MIN_SECRET_CHARS}
+    found = {s for s in (*extra, *tuple(_SEEN)) if s and len(s) >= _MIN_SECRET_CHARS}
     return sorted(found, key=len, reverse=True)
 
 
@@ -2208,7 +2274,7 @@ def _redact(
 ) -> str:
     """One clean line: bounded, no control characters, URL credentials or
     queries, and no known secret (nor a secret's start cut off at the end)."""
-    text = _CONTROL.sub(" ", text[:MAX_ERROR_BODY_BYTES])
+    text = _SURROGATE.sub("?", _CONTROL.sub(" ", text[:MAX_ERROR_BODY_BYTES]))
     for secret in secrets:
         text = text.replace(secret, _REDACTED)
         # A body cut at its cap may end with the first part of a secret.

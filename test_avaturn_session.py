@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import datetime
 import email.utils
@@ -24,6 +25,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -41,6 +43,7 @@ import traceback
 import tracemalloc
 import types
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -103,8 +106,8 @@ def no_env(monkeypatch):
         "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(av, "_process", None)
-    av._TOKENS.clear()
+    monkeypatch.setattr(av, "_processes", {})
+    av._SEEN.clear()
     yield
     av.close_shared_clients()
 
@@ -3029,30 +3032,36 @@ def test_create_session_ends_the_session_when_its_own_code_fails_after(
     assert len(fake.created) == 1 and fake.sessions == {}
 
 
-def test_an_interruption_inside_requests_handling_of_a_failure_carries_none_of_it():
-    # A signal's exception raised while requests handles our connection's
-    # failure: its context (requests' frame, holding the request) stays behind.
-    adapters = requests.adapters.__file__
+@pytest.mark.parametrize("handler", ["requests' adapter", "the library's attempt"])
+def test_an_interruption_while_a_failure_is_handled_carries_none_of_it(handler):
+    # A signal's exception raised while requests, or the library itself,
+    # handles the connection's failure: that failure's frames (requests',
+    # the connection's, holding the request) stay behind.
+    code = {
+        "requests' adapter": requests.adapters.HTTPAdapter.send.__code__,
+        "the library's attempt": av._Transport._send.__code__,
+    }[handler]
 
     def trace(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename != adapters or frame.f_code.co_name != "send":
+        if frame.f_code is not code:
             return None
 
         def line(frame: Any, event: str, arg: Any) -> Any:
-            if event == "line" and sys.exc_info()[0] is not None:
+            if event == "line" and isinstance(sys.exc_info()[1], OSError):
                 raise KeyboardInterrupt
             return line
 
         return line
 
+    engine = av.openai_realtime_engine(S_OPENAI)
     client = av.AvaturnClient(S_AVATURN, base_url=closed_port_url(), max_retries=0)
     sys.settrace(trace)
     try:
         with pytest.raises(KeyboardInterrupt) as info:
-            client.create_session()
+            client.create_session(engine)
     finally:
         sys.settrace(None)
-    assert_no_secret(info.value, S_AVATURN)
+    assert_no_secret(info.value, S_AVATURN, S_OPENAI)
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -3228,8 +3237,8 @@ def test_a_call_from_an_atexit_handler_works_without_new_threads(fake, no_env):
 
 
 URLLIB3_1 = """
-import urllib3
-del urllib3.BaseHTTPResponse  # what 1.26 lacks
+import urllib3.response as response
+del response.HTTPResponse.read1, response.BaseHTTPResponse.read1  # 1.26 to 2.1
 import avaturn_session
 """
 
@@ -3239,7 +3248,7 @@ def test_a_copied_file_under_urllib3_1_refuses_at_import():
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, check=False
     )
-    assert "ImportError: avaturn_session needs urllib3>=2" in done.stderr
+    assert "ImportError: avaturn_session needs urllib3>=2.2" in done.stderr
 
 
 def test_the_shared_client_reads_the_environment_once(fake, monkeypatch, no_env):
@@ -3286,6 +3295,139 @@ def test_a_missing_ca_bundle_is_a_connection_error_never_sent(
     with pytest.raises(av.APIConnectionError, match="nonexistent") as info:
         client.create_session()
     assert info.value.request_sent is False
+
+
+# --------------------------------------------------------------------------- #
+# What a fresh review found in 0.4.0 before it landed (each test failed then)
+# --------------------------------------------------------------------------- #
+
+
+def test_a_callers_http_session_reads_the_body_within_the_deadline(fake):
+    held = client_for(fake).create_session()
+    fake.script("say", Fault("body_trickle", delay=0.3))
+    theirs = requests.Session()
+    client = av.AvaturnClient(
+        KEY, base_url=fake.url, http_session=theirs, timeout=5, deadline=1
+    )
+    started = time.monotonic()
+    with pytest.raises(av.APITimeoutError, match="deadline"):
+        client.say(held.session_id, "hi")
+    assert time.monotonic() - started < 3  # 0.4.0 before: 13 s (16 KiB per check)
+
+
+def test_a_redirects_body_is_never_read_whole(fake):
+    # requests' Session.send reads a redirect's body whole, even unfollowed
+    moved = Fault("huge", 307, headers=(("Location", "/elsewhere"),))
+    fake.script("create", moved)
+    error, peak = peak_traced_bytes(client_for(fake).create_session)
+    assert isinstance(error, av.APIResponseError) and "redirect" in str(error)
+    assert peak < 10 * 1024 * 1024  # before: the 200 MB body, whole
+
+
+def test_a_credential_a_server_echoes_in_a_later_call_is_scrubbed(fake, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-echo")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+    client = client_for(fake)
+    minted = av.mint_openai_client_secret()
+    client.create_session(av.openai_realtime_engine(minted))
+    header = av.external_engine("wss://e.example/ws", headers={"X-Key": "HDR-VALUE-1"})
+    held = client.create_session(header)
+    for echoed in (minted, "HDR-VALUE-1"):
+        body = json.dumps({"detail": f"engine rejected credential {echoed}"})
+        fake.script("say", Fault("raw", 400, body=body.encode()))
+        with pytest.raises(av.BadRequestError) as info:
+            client.say(held.session_id, "hi")
+        assert echoed not in str(info.value) + repr(info.value), echoed
+
+
+def test_a_session_block_left_on_an_error_ends_it_within_its_own_budget(fake):
+    fake.script("terminate", *[Fault("late", delay=15)] * 3)
+    client = av.AvaturnClient(KEY, base_url=fake.url)  # the defaults: 30 s reads
+    started = time.monotonic()
+    with pytest.raises(RuntimeError), client.session(deadline=1, timeout=1):
+        raise RuntimeError("the block failed")
+    assert time.monotonic() - started < 1 + av.CLEANUP_GRACE + 2  # before: 15 s
+
+
+def test_a_session_block_names_the_session_it_could_not_end(fake, caplog, monkeypatch):
+    client = client_for(fake, max_retries=1)
+    fake.script("terminate", *[Fault("status", 500)] * 2)  # a clean block, no end
+    with pytest.raises(av.InternalServerError) as info, client.session() as s:
+        pass
+    assert info.value.session_id == s.session_id
+    assert f"session {s.session_id} may still be running" in str(info.value)
+    fake.script("terminate", Fault("status", 503))  # Ctrl-C in the retry's wait
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(av, "_sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt), client.session() as s:
+        pass
+    assert f"session {s.session_id} may still be running" in caplog.text
+
+
+def test_a_request_partly_written_over_tls_counts_as_sent(tls_context):
+    # OpenSSL reports nothing of one big write until all of it is written:
+    # written a record at a time, what reached the server is counted.
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = listener.accept()
+                conn = tls_context.wrap_socket(raw, server_side=True)
+                seen.append(conn.recv(65536))  # a first part; then it reads no more
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"https://localhost:{listener.getsockname()[1]}"
+    client = av.AvaturnClient(KEY, base_url=url, timeout=(2, 0.5), deadline=5)
+    with pytest.raises(av.APITimeoutError) as info:
+        client.say("s1", "x" * 20_000_000)  # more than the socket buffers hold
+    listener.close()
+    assert info.value.request_sent is True  # before: False, and sent again
+    assert len(seen) == 1 and seen[0].startswith(b"POST ")
+
+
+def test_a_deadline_block_may_end_in_another_copy_of_its_context():
+    def view() -> Iterator[int]:  # a streaming response, resumed by a thread pool
+        with av.deadline(5):
+            yield 1
+
+    stream = view()
+    contextvars.copy_context().run(next, stream)
+    with contextlib.suppress(StopIteration):
+        contextvars.copy_context().run(next, stream)  # before: ValueError
+
+
+def test_warm_holds_to_a_deadline_block_and_refuses_a_bad_deadline(
+    tls_context, monkeypatch
+):
+    server = FaultServer("tls", 1, "stall", context=tls_context)  # never handshakes
+    monkeypatch.setenv("AVATURN_API_KEY", KEY)
+    monkeypatch.setenv("AVATURN_BASE_URL", server.url)
+    started = time.monotonic()
+    with av.deadline(0.5):
+        assert av.warm() == [server.url]
+    assert time.monotonic() - started < 3  # before: 5 s (the connect timeout)
+    server.close()
+    for bad in (-1, math.nan, "5"):
+        with pytest.raises(av.ConfigurationError):
+            av.warm(deadline=bad)
+
+
+def test_server_text_never_brings_terminal_escapes_or_lone_surrogates(fake, caplog):
+    fake.next_ids = [r"sess\u001b]0;pwned\u0007\u001b[2J"]  # JSON escapes
+    fake.script("create", Fault("mangled", body=answer(b'{"session_id": "{sid}"}')))
+    fake.script("terminate", *[Fault("status", 500)] * 3)  # it cannot be ended
+    with pytest.raises(av.APIResponseError) as info:
+        client_for(fake).create_session()
+    assert "\x1b" not in str(info.value) + caplog.text
+    fake.script("create", Fault("raw", 400, body=b'{"detail": "cut \\ud83d"}'))
+    with pytest.raises(av.BadRequestError) as info:
+        client_for(fake).create_session()
+    assert str(info.value).encode("utf-8")  # a UTF-8 log file can hold it
 
 
 # --------------------------------------------------------------------------- #
