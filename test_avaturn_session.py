@@ -2624,7 +2624,12 @@ def test_warm_survives_an_unreachable_host_and_says_which(
     dead = closed_port_url()
     monkeypatch.setenv("OPENAI_BASE_URL", dead + "/v1")
     assert av.warm() == [dead + "/v1"]
-    wait_for(lambda: three_fakes["cartesia"].connections)
+    # each fake counts a connection once its own thread has taken it: wait for both
+    wait_for(
+        lambda: (
+            three_fakes["cartesia"].connections and three_fakes["avaturn"].connections
+        )
+    )
     assert f"could not warm {dead}/v1" in caplog.text
     assert "sk-three" not in caplog.text
     assert connections(three_fakes) == {"avaturn": 1, "openai": 0, "cartesia": 1}

@@ -4,7 +4,7 @@ Run from the repository root:  python benchmarks/functions_entered.py
 
 A fresh client creates against a loopback server that answers 500, with
 max_retries=0; every function of the module entered on the way (the client's
-own, the transport's, our urllib3 connection's, the error's) is listed once.
+own, the transport's, our connections', the error's) is listed once.
 """
 
 from __future__ import annotations
