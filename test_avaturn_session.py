@@ -466,7 +466,8 @@ def test_client_repr_shows_base_url_not_key():
     assert "sk-very-secret" not in repr(vars(client))
 
 
-def test_client_pool_keeps_32_connections_for_32_threads(fake):
+def test_client_pool_keeps_32_connections_for_32_threads(fake, monkeypatch):
+    monkeypatch.setattr(av, "KEEPALIVE_EXPIRY", 600.0)  # a loaded machine idles
     client = client_for(fake)
     barrier = threading.Barrier(32)
 
@@ -2395,6 +2396,8 @@ def run_threads(n: int, target) -> list[BaseException]:
 @pytest.mark.parametrize("shared", ["client", "module"])
 def test_32_threads_share_one_client(fake, caplog, monkeypatch, no_env, shared):
     caplog.set_level(logging.WARNING, logger="urllib3")
+    # however slow a loaded machine is, no connection idles out meanwhile
+    monkeypatch.setattr(av, "KEEPALIVE_EXPIRY", 600.0)
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
     monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
     client = client_for(fake, timeout=(5.0, 10.0))
@@ -2425,6 +2428,7 @@ def test_module_functions_build_one_client_under_a_race(fake, monkeypatch, no_en
 
 
 def test_module_functions_keep_one_connection_alive(fake, monkeypatch, no_env):
+    monkeypatch.setattr(av, "KEEPALIVE_EXPIRY", 600.0)  # a loaded machine idles
     monkeypatch.setenv("AVATURN_API_KEY", KEY)
     monkeypatch.setenv("AVATURN_BASE_URL", fake.url)
     for i in range(100):
