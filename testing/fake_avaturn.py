@@ -113,6 +113,8 @@ class FakeAvaturn:
         self.requests: list[tuple[str, str]] = []
         self.connections = 0
         self.latency = 0.0
+        # seconds an idle keep-alive connection stays open (then the fake ends it)
+        self.idle_timeout = 15.0
         # seconds a provider takes to issue a credential (minting routes only)
         self.mint_latency = 0.0
         # headers added to every API answer, e.g. ("Keep-Alive", "timeout=2")
@@ -142,9 +144,9 @@ class FakeAvaturn:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            timeout = 15  # idle keep-alive connections end by themselves
 
             def setup(self) -> None:
+                self.timeout = fake.idle_timeout  # idle connections end by themselves
                 super().setup()
                 # headers and body go out in two writes: without this, Nagle and
                 # delayed ACKs add ~40 ms to every response
