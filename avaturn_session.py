@@ -1002,8 +1002,8 @@ def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transp
     if key not in minters:
         if len(minters) >= _MAX_READY:
             minters.clear()  # dropped, not closed: another thread may be minting
-        minters[key] = _Transport(auth, base_url, headers=headers)
-    return minters[key]
+        minters.setdefault(key, _Transport(auth, base_url, headers=headers))
+    return minters[key]  # racing threads all keep the one setdefault kept
 
 
 # --------------------------------------------------------------------------- #
@@ -1212,9 +1212,12 @@ class _Transport:
         never shares a socket (or a lock) with its parent."""
         if self.given is not None:
             return self.given
-        if self.own is None or self.pid != os.getpid():
-            self.own, self.pid = _new_http_session(), os.getpid()
-        return self.own
+        pid = os.getpid()
+        if self.pid != pid:  # once, even under racing threads (own set before pid)
+            with _here().lock:
+                if self.pid != pid:
+                    self.own, self.pid = _new_http_session(), pid
+        return cast(requests.Session, self.own)
 
     def close(self) -> None:
         if self.own is not None and self.pid == os.getpid():

@@ -481,6 +481,25 @@ def test_client_pool_keeps_32_connections_for_32_threads(fake, monkeypatch):
     assert len(fake.created) == 64
 
 
+def test_client_builds_one_http_session_under_a_race(fake, monkeypatch):
+    monkeypatch.setattr(av, "KEEPALIVE_EXPIRY", 600.0)  # a loaded machine idles
+    fake.idle_timeout = 600.0
+    built = []
+
+    def slow() -> requests.Session:
+        built.append(1)
+        time.sleep(0.05)  # widen the race window
+        return real()
+
+    real = av._new_http_session
+    monkeypatch.setattr(av, "_new_http_session", slow)
+    with client_for(fake, timeout=(10.0, 10.0)) as client:
+        for _ in range(2):
+            assert run_threads(16, client.create_session) == []
+    # one pool: the second round reused the first round's 16 connections
+    assert len(built) == 1 and fake.connections <= 16
+
+
 def test_client_closes_only_its_own_session():
     closed = []
 
