@@ -999,11 +999,13 @@ def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transp
         if not _KEY_CHARS.fullmatch(value):
             raise ConfigurationError(f"{header} must be printable ASCII without spaces")
     minters, key = _here().minters, (auth.key, base_url, tuple(headers.items()))
-    if key not in minters:
+    transport = minters.get(key)
+    if transport is None:
         if len(minters) >= _MAX_READY:
             minters.clear()  # dropped, not closed: another thread may be minting
-        minters.setdefault(key, _Transport(auth, base_url, headers=headers))
-    return minters[key]  # racing threads all keep the one setdefault kept
+        # racing threads all keep the one setdefault kept (never looked up again)
+        transport = minters.setdefault(key, _Transport(auth, base_url, headers=headers))
+    return transport
 
 
 # --------------------------------------------------------------------------- #
@@ -1221,6 +1223,7 @@ class _Transport:
 
     def close(self) -> None:
         if self.own is not None and self.pid == os.getpid():
+            self.pid = -1  # closed for good: a later call builds a new session
             self.own.close()
 
     def expiry(self, deadline: object) -> float:
@@ -1488,6 +1491,7 @@ class _Adapter(requests.adapters.HTTPAdapter):
     def __init__(self) -> None:
         super().__init__(pool_connections=1, max_retries=0)
         self.idle: dict[tuple[Any, ...], list[_Conn]] = {}
+        self.closed = False  # then a connection coming back from a call is closed
 
     def get_connection_with_tls_context(
         self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
@@ -1506,9 +1510,11 @@ class _Adapter(requests.adapters.HTTPAdapter):
 
     def close(self) -> None:
         super().close()
+        self.closed = True
         for idle in list(self.idle.values()):
-            while idle:
-                idle.pop().close()
+            with contextlib.suppress(IndexError):  # a call in flight took the last
+                while True:
+                    idle.pop().close()
 
 
 class _Route:
@@ -1524,7 +1530,7 @@ class _Route:
         self.netloc, self.verify, self.cert = parts.netloc, verify, cert
         self.proxy = urllib.parse.urlsplit(proxy) if proxy else None
         key = (parts.scheme, self.host, self.port, proxy, verify, str(cert))
-        self.idle = adapter.idle.setdefault(key, [])
+        self.adapter, self.idle = adapter, adapter.idle.setdefault(key, [])
 
     def urlopen(
         self,
@@ -1565,8 +1571,9 @@ class _Route:
         conn.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
         if len(self.idle) < DEFAULT_POOL_MAXSIZE:
             self.idle.append(conn)
-        else:
-            conn.close()
+            if not self.adapter.closed:  # closed: its sweep may be over, close it here
+                return
+        conn.close()
 
     def connect(self, attempt: _Attempt) -> _Conn:
         """A new connection: resolve, connect to each address in turn, tunnel
@@ -1846,10 +1853,10 @@ class _Ready:
             payload.data,
             lifetime,
         )
-        if key not in _JOBS and len(_JOBS) >= _MAX_READY:
-            return None
-        _JOBS[key] = job
         with self.cond:
+            if key not in _JOBS and len(_JOBS) >= _MAX_READY:
+                return None
+            _JOBS[key] = job
             value, minted_at = self.values.pop(key, (None, 0.0))
             self.due[key] = _now()
             self.wake()

@@ -512,11 +512,61 @@ def test_client_closes_only_its_own_session():
     with av.AvaturnClient(KEY, http_session=theirs):
         pass
     assert closed == []
-    client = av.AvaturnClient(KEY)
-    client._transport.own, client._transport.pid = Spy(), os.getpid()
+    client, ours = av.AvaturnClient(KEY), Spy()
+    client._transport.own, client._transport.pid = ours, os.getpid()
     with client:
         pass
-    assert closed == [client._transport.http]
+    assert closed == [ours]
+    assert client._transport.http is not ours  # used again: a new one
+
+
+@pytest.mark.parametrize("moment", ["before it comes back", "as it is pooled"])
+def test_client_close_ends_the_connection_of_a_call_in_flight(
+    fake, monkeypatch, moment
+):
+    client, came_back = client_for(fake), []
+    client.create_session()
+    adapter = client._transport.http.get_adapter(fake.url)
+    [(key, idle)] = adapter.idle.items()
+    if moment == "before it comes back":
+        real = av._Route.checkin
+
+        def checkin(route: Any, conn: Any, keep_alive: str) -> None:
+            came_back.append(conn)
+            client.close()  # another thread closes the client meanwhile
+            real(route, conn, keep_alive)
+
+        monkeypatch.setattr(av._Route, "checkin", checkin)
+    else:
+
+        class Idle(list):
+            def append(self, conn: Any) -> None:
+                came_back.append(conn)
+                client.close()  # between checkin's look and its append
+                super().append(conn)
+
+        adapter.idle[key] = Idle(idle)
+    client.create_session()
+    assert came_back and came_back[0].sock.fileno() == -1  # closed, not pooled
+    monkeypatch.undo()
+    assert client.create_session().session_id in fake.sessions  # on a new pool
+    assert fake.connections == 2
+
+
+def test_client_close_returns_while_a_call_takes_the_last_connection(fake):
+    client = client_for(fake)
+    client.create_session()
+    adapter = client._transport.http.get_adapter(fake.url)
+    [(key, idle)] = adapter.idle.items()
+
+    class Idle(list):
+        def pop(self, *args: Any) -> Any:
+            super().pop(*args)  # a call in flight took it after close's look
+            raise IndexError("pop from empty list")
+
+    adapter.idle[key] = Idle(idle)
+    client.close()
+    assert client.create_session().session_id in fake.sessions
 
 
 def test_client_sends_through_given_requests_session(mock):
@@ -2308,6 +2358,31 @@ def test_ready_hands_each_credential_to_one_caller_only(minter):
         == []
     )
     assert len(set(got)) == 32  # the docs' rule: one per user session, never reused
+
+
+def test_ready_keeps_at_most_8_configurations_under_a_race(minter, monkeypatch):
+    class Jobs(dict):
+        def __len__(self) -> int:
+            length = super().__len__()
+            time.sleep(0.002)  # widen the race between the cap's look and the keep
+            return length
+
+    monkeypatch.setattr(av, "_JOBS", Jobs())
+    configs = [{"model": "gpt-realtime", "instructions": f"Be {i}."} for i in range(32)]
+    mint = lambda: av.mint_openai_client_secret(configs.pop(), ready=True)
+    assert run_threads(32, mint) == []
+    assert len(av._JOBS) == 8  # the others minted inline, none kept ahead
+
+
+def test_mint_survives_its_connections_dropped_meanwhile(minter, monkeypatch):
+    class Minters(dict):
+        def setdefault(self, key: Any, value: Any) -> Any:
+            kept = super().setdefault(key, value)
+            self.clear()  # another thread, past 8 configurations, drops them all
+            return kept
+
+    monkeypatch.setattr(av._here(), "minters", Minters())
+    assert av.mint_openai_client_secret() == minter.mints[-1][0]
 
 
 def test_ready_never_hands_out_one_past_its_share_of_life(minter, monkeypatch):
