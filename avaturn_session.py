@@ -1222,9 +1222,10 @@ class _Transport:
         return cast(requests.Session, self.own)
 
     def close(self) -> None:
-        if self.own is not None and self.pid == os.getpid():
+        own = self.own
+        if own is not None and self.pid == os.getpid():
             self.pid = -1  # closed for good: a later call builds a new session
-            self.own.close()
+            own.close()
 
     def expiry(self, deadline: object) -> float:
         """When a call starting now must end (``deadline`` None: this transport's)."""
@@ -1354,7 +1355,7 @@ class _Transport:
                 attempt = _Attempt("GET", "/", expires_at, self.timeout)
                 conn = route.checkout(attempt)  # one already open goes back as it was
                 if conn is not None:
-                    route.idle.append(conn)
+                    route.checkin(conn, None)
                 else:
                     route.checkin(route.connect(attempt), "")
         except _NETWORK_ERRORS as exc:
@@ -1564,16 +1565,18 @@ class _Route:
                 conn.close()
         return None
 
-    def checkin(self, conn: _Conn, keep_alive: str) -> None:
-        """Keep ``conn`` for reuse; idle time counts from now."""
-        match = _KEEP_ALIVE_TIMEOUT.search(keep_alive)
-        expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
-        conn.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
-        if len(self.idle) < DEFAULT_POOL_MAXSIZE:
-            self.idle.append(conn)
-            if not self.adapter.closed:  # closed: its sweep may be over, close it here
-                return
-        conn.close()
+    def checkin(self, conn: _Conn, keep_alive: str | None) -> None:
+        """Keep ``conn`` for reuse, idle time counting from now (``None``: as it
+        was); closed instead if the pool is full or closed."""
+        if keep_alive is not None:
+            match = _KEEP_ALIVE_TIMEOUT.search(keep_alive)
+            expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
+            conn.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
+        self.idle.append(conn)
+        if len(self.idle) > DEFAULT_POOL_MAXSIZE or self.adapter.closed:
+            with contextlib.suppress(ValueError):  # taken meanwhile: the taker's
+                self.idle.remove(conn)
+                conn.close()
 
     def connect(self, attempt: _Attempt) -> _Conn:
         """A new connection: resolve, connect to each address in turn, tunnel

@@ -481,6 +481,22 @@ def test_client_pool_keeps_32_connections_for_32_threads(fake, monkeypatch):
     assert len(fake.created) == 64
 
 
+def test_client_pool_keeps_at_most_32_idle_connections(fake, monkeypatch):
+    real, back, conns = av._Route.checkin, threading.Barrier(40), []
+
+    def checkin(route: Any, conn: Any, keep_alive: str) -> None:
+        conns.append(conn)
+        back.wait(10)  # every call holds its connection until all 40 have one
+        real(route, conn, keep_alive)
+
+    monkeypatch.setattr(av._Route, "checkin", checkin)
+    with client_for(fake, timeout=(10.0, 10.0)) as client:
+        assert run_threads(40, client.create_session) == []
+        [idle] = client._transport.http.get_adapter(fake.url).idle.values()
+        assert fake.connections == 40 and len(idle) == av.DEFAULT_POOL_MAXSIZE == 32
+        assert sum(conn.sock.fileno() == -1 for conn in conns) == 8  # closed
+
+
 def test_client_builds_one_http_session_under_a_race(fake, monkeypatch):
     monkeypatch.setattr(av, "KEEPALIVE_EXPIRY", 600.0)  # a loaded machine idles
     fake.idle_timeout = 600.0
@@ -551,6 +567,45 @@ def test_client_close_ends_the_connection_of_a_call_in_flight(
     monkeypatch.undo()
     assert client.create_session().session_id in fake.sessions  # on a new pool
     assert fake.connections == 2
+
+
+def test_client_close_never_closes_a_connection_another_call_took(fake, monkeypatch):
+    client, taken = client_for(fake), []
+    client.create_session()
+    adapter = client._transport.http.get_adapter(fake.url)
+    [(key, idle)] = adapter.idle.items()
+
+    class Idle(list):
+        def append(self, conn: Any) -> None:
+            super().append(conn)
+            taken.append(self.pop())  # a call on the closed pool takes it at once
+
+    adapter.idle[key] = Idle(idle)
+    real = av._Route.checkin
+
+    def checkin(route: Any, conn: Any, keep_alive: str) -> None:
+        client.close()  # another thread closes the client meanwhile
+        real(route, conn, keep_alive)
+
+    monkeypatch.setattr(av._Route, "checkin", checkin)
+    client.create_session()
+    assert taken and taken[0].sock.fileno() != -1  # open for the call that took it
+    taken[0].close()
+
+
+def test_warm_leaves_no_connection_open_in_a_pool_closed_meanwhile(fake, monkeypatch):
+    client, got = client_for(fake), []
+    client.create_session()  # its connection waits, open
+    real = av._Route.checkout
+
+    def checkout(route: Any, attempt: Any) -> Any:
+        got.append(real(route, attempt))
+        client.close()  # another thread closes the client meanwhile
+        return got[-1]
+
+    monkeypatch.setattr(av._Route, "checkout", checkout)
+    assert client.warm() is True
+    assert got[0] is not None and got[0].sock.fileno() == -1
 
 
 def test_client_close_returns_while_a_call_takes_the_last_connection(fake):
