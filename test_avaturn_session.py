@@ -117,6 +117,20 @@ def client_for(fake: FakeAvaturn, **kwargs: Any) -> av.AvaturnClient:
     return av.AvaturnClient(KEY, base_url=fake.url, **kwargs)
 
 
+def app_report(code: str, env: dict[str, str]) -> Any:
+    """Run ``code`` in a fresh Python; the JSON report on its last line."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -3669,16 +3683,7 @@ def test_sentry_with_its_defaults_records_no_secret(no_env):
     }
     path = os.pathsep.join([str(ROOT), str(ROOT / "testing")])
     env = {**secrets, "PYTHONPATH": path, "PATH": os.environ["PATH"]}
-    done = subprocess.run(
-        [sys.executable, "-c", SENTRY_APP],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.splitlines()[-1])
+    report = app_report(SENTRY_APP, env)
     # every failure recorded, with each frame's locals (Sentry's default)
     assert report["events"] == 11 and report["vars"] == 11
     for event in report["text"]:
@@ -3727,16 +3732,7 @@ def test_gevent_patching_after_import_serves_greenlets_each_on_its_own_budget(
         env |= {"REQUESTS_CA_BUNDLE": str(tmp_path / "ca.pem")}
     fake.latency = 0.2  # each create waits: greenlets must wait together
     env |= {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]}
-    done = subprocess.run(
-        [sys.executable, "-c", GEVENT_APP],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.splitlines()[-1])
+    report = app_report(GEVENT_APP, env)
     # one greenlet's short budget never reached another (0.3.0: a thread-local
     # shared by all greenlets; OverflowError, RecursionError, sessions left)
     assert report["results"] == ["timeout", "ok"] * 25
