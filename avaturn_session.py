@@ -1354,10 +1354,7 @@ class _Transport:
             if isinstance(route, _Route):
                 attempt = _Attempt("GET", "/", expires_at, self.timeout)
                 conn = route.checkout(attempt)  # one already open goes back as it was
-                if conn is not None:
-                    route.checkin(conn, None)
-                else:
-                    route.checkin(route.connect(attempt), "")
+                route.checkin(conn or route.connect(attempt), None if conn else "")
         except _NETWORK_ERRORS as exc:
             reason = _redact(f"{type(exc).__name__}: {exc}", (self.auth.key,))
             _log.warning("could not warm %s: %s", self.base_url, reason)

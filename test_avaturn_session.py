@@ -607,6 +607,23 @@ def test_client_close_never_closes_a_connection_another_call_took(fake, monkeypa
     taken[0].close()
 
 
+@pytest.mark.parametrize("open_before", [False, True])
+def test_warm_connection_expires_on_time(fake, monkeypatch, open_before):
+    real, later = av._now, [0.0]
+    monkeypatch.setattr(av, "_now", lambda: real() + later[0])
+    client = client_for(fake)
+    if open_before:  # found open: its idle time counts from its last use
+        client.create_session()
+        later[0] += av.KEEPALIVE_EXPIRY - 1
+        assert client.warm() is True
+        later[0] += 2
+    else:  # opened now: its idle time counts from now
+        assert client.warm() is True
+        later[0] += av.KEEPALIVE_EXPIRY + 1
+    client.create_session()
+    assert fake.connections == 2  # idle past the expiry: replaced, never reused
+
+
 def test_warm_leaves_no_connection_open_in_a_pool_closed_meanwhile(fake, monkeypatch):
     client, got = client_for(fake), []
     client.create_session()  # its connection waits, open
