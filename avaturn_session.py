@@ -19,10 +19,11 @@ its token to the browser's Web SDK, push text for the avatar to say, terminate.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
+import functools
 import http.client
-import http.cookiejar
 import io
 import json
 import logging
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypedDict, TypeVar,
 
 import requests
 import requests.adapters
-import requests.auth
+import requests.structures
 import requests.utils
 import urllib3
 import urllib3.exceptions
@@ -216,8 +217,8 @@ _MAX_JSON_DEPTH = 32
 _MAX_DETAIL_CHARS = 500
 _REMEMBERED_SECRETS = 256
 
-# Status phrases as CPython before 3.13 words them: the same text everywhere.
-_PHRASES = {
+# Status phrases, as CPython before 3.13 words them: the same text everywhere.
+_PHRASES = {status.value: status.phrase for status in http.HTTPStatus} | {
     413: "Request Entity Too Large",
     414: "Request-URI Too Long",
     416: "Requested Range Not Satisfiable",
@@ -327,34 +328,6 @@ class RateLimitError(APIStatusError):
 
 class InternalServerError(APIStatusError):
     """5xx: the server or a gateway in front of it failed."""
-
-
-def _status_text(status: int) -> str:
-    """``422 Unprocessable Entity``, or ``599 Error`` for a status without a name."""
-    try:
-        return f"{status} {_PHRASES.get(status) or http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Error"
-
-
-def _render_detail(detail: Any) -> str:
-    """A server ``detail`` (string, FastAPI list, or any JSON) as one clean line."""
-    if detail is None or detail == "":
-        return ""
-    if isinstance(detail, str):
-        text = detail
-    elif isinstance(detail, list) and all(isinstance(item, Mapping) for item in detail):
-        parts = []
-        for item in detail:
-            loc = item.get("loc")
-            steps = loc if isinstance(loc, list) else [] if loc is None else [loc]
-            where = ".".join(str(p) for p in steps if p != "body")
-            msg = str(item.get("msg", item))
-            parts.append(f"{where}: {msg}" if where else msg)
-        text = "; ".join(parts)
-    else:
-        text = json.dumps(detail, default=str)
-    return _redact(text, ())  # one clean, bounded line (secrets went earlier)
 
 
 # --------------------------------------------------------------------------- #
@@ -622,7 +595,8 @@ def _mint_with_sdk(client: Any, body: dict[str, Any], *options: Any) -> str:
     message = "openai_client= is deprecated (no total deadline); mint without it"
     warnings.warn(message, DeprecationWarning, stacklevel=3)
     seconds = max(DEFAULT_TIMEOUT if timeout is None else _check_timeout(timeout))
-    left = _expiry(DEFAULT_DEADLINE if deadline is None else _check_seconds(deadline))
+    seconds_left = DEFAULT_DEADLINE if deadline is None else _check_seconds(deadline)
+    left = min(_now() + seconds_left, _BUDGET.get())
     payload, failure, value = _Payload(body), "no client secret value", None
     try:
         sdk = client.with_options(timeout=min(seconds, left - _now()), max_retries=0)
@@ -666,11 +640,11 @@ class AvaturnClient:
         http_session: requests.Session | None = None,
         deadline: float = DEFAULT_DEADLINE,
     ) -> None:
-        auth = _auth(api_key, "AVATURN_API_KEY")
+        key = _auth(api_key, "AVATURN_API_KEY")
         if base_url is None:
             base_url = os.environ.get("AVATURN_BASE_URL") or DEFAULT_BASE_URL
         self._transport = _Transport(
-            auth, base_url, timeout, deadline, max_retries, http_session
+            key, base_url, timeout, deadline, max_retries, http_session
         )
         self.base_url = self._transport.base_url
         # The environment a shared client was built from (see ``_client``).
@@ -741,7 +715,12 @@ class AvaturnClient:
             _SEEN.append(token)
             return AvaturnSession(session_id, token, self.base_url)
         except BaseException as exc:  # ours, or the caller's (Ctrl-C, a time limit)
-            self._end_lost(trail, exc)
+            last = trail[-1] if trail else None
+            if last is not None and last.acted:  # end what its answer names, if any
+                found = last.recover("session_id") if last.status < 300 else None
+                until = last.expires_at + CLEANUP_GRACE
+                if found is None or not self._end(found, "create failed", until=until):
+                    _say_running(exc, found)
             raise
 
     def say(
@@ -802,7 +781,7 @@ class AvaturnClient:
             until = max(self._transport.expiry(deadline), _now() + CLEANUP_GRACE)
             self._terminate(created.session_id, timeout, None, until)
         except BaseException as exc:
-            _say_running(exc, created.session_id, "may still be running")
+            _say_running(exc, created.session_id)
             raise
 
     def _terminate(
@@ -812,7 +791,6 @@ class AvaturnClient:
         answer = self._transport.call(
             "DELETE", path, None, timeout, deadline, until=until
         )
-        answer.check()
         return answer.status not in _GONE or answer.acted_before
 
     def _end(
@@ -838,28 +816,17 @@ class AvaturnClient:
             return False
         return True
 
-    def _end_lost(self, trail: list[_Attempt], exc: BaseException) -> None:
-        """After a create failed: end the session its answer names, if any (read
-        leniently), inside the grace; say on the error what may still run."""
-        last = trail[-1] if trail else None
-        if last is None or not last.may_have_acted():
-            return
-        session_id = last.recover("session_id") if last.status < 300 else None
-        if session_id is None:
-            _say_running(exc, None, "may have been created")
-        elif not self._end(
-            session_id, "create failed", until=last.expires_at + CLEANUP_GRACE
-        ):
-            _say_running(exc, session_id, "may still be running")
 
-
-def _say_running(exc: BaseException, session_id: str | None, what: str) -> None:
+def _say_running(exc: BaseException, session_id: str | None) -> None:
     """Say on ``exc`` (or, for the caller's own exception, in a WARNING) which
     session may still be running, or that one may have been created."""
-    shown = "a session" if session_id is None else f"session {_redact(session_id, ())}"
-    note = f"{shown} {what} (it ends by itself after user_absent_timeout)"
+    note = "a session may have been created"
+    if session_id is not None:
+        note = f"session {_redact(session_id, ())} may still be running"
+    note += " (it ends by itself after user_absent_timeout)"
     if isinstance(exc, AvaturnError):
-        exc.args = (f"{exc}; {note}", {**exc.args[1], "session_id": session_id})
+        message, fields = exc.args
+        exc.args = (f"{message}; {note}", {**fields, "session_id": session_id})
         exc.session_id = session_id
     else:
         _log.warning("%s: %s", type(exc).__name__, note)
@@ -989,7 +956,7 @@ def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transp
     """The transport to a minting provider, its key, host and headers read once,
     here; kept per process, so that mints reuse one connection. Never retried."""
     key_variable, url_variable, default_url, *_ = _MINTERS[provider]
-    auth = _auth(api_key, key_variable)
+    key = _auth(api_key, key_variable)
     if base_url is None:
         base_url = os.environ.get(url_variable) or default_url
     headers = {"Cartesia-Version": _CARTESIA_VERSION}
@@ -998,13 +965,13 @@ def _minter(provider: str, api_key: str | None, base_url: str | None) -> _Transp
     for header, value in headers.items():
         if not _KEY_CHARS.fullmatch(value):
             raise ConfigurationError(f"{header} must be printable ASCII without spaces")
-    minters, key = _here().minters, (auth.key, base_url, tuple(headers.items()))
-    transport = minters.get(key)
+    minters, kept = _here().minters, (key, base_url, tuple(headers.items()))
+    transport = minters.get(kept)
     if transport is None:
         if len(minters) >= _MAX_READY:
             minters.clear()  # dropped, not closed: another thread may be minting
         # racing threads all keep the one setdefault kept (never looked up again)
-        transport = minters.setdefault(key, _Transport(auth, base_url, headers=headers))
+        transport = minters.setdefault(kept, _Transport(key, base_url, headers=headers))
     return transport
 
 
@@ -1031,11 +998,6 @@ _BUDGET: contextvars.ContextVar[float] = contextvars.ContextVar(
     "avaturn_session.deadline", default=math.inf
 )
 _T = TypeVar("_T")
-
-
-def _expiry(seconds: float) -> float:
-    """When a call of ``seconds`` starting now must end: never after its block."""
-    return min(_now() + seconds, _BUDGET.get())
 
 
 class _Payload:
@@ -1070,32 +1032,30 @@ class _Attempt(urllib3.Timeout):
     read so far), a failure or the caller's interruption. Its repr shows none."""
 
     def __init__(
-        self, method: str, path: str, expires_at: float, timeouts: tuple[float, float]
+        self,
+        method: str,
+        path: str,
+        expires_at: float,
+        timeouts: tuple[float, float],
+        grace: float = 0.0,
     ) -> None:
         left = expires_at - _now()  # what urllib3 reads (a caller's http_session)
         super().__init__(left if left > 0 else None, *timeouts)
         self.method, self.path, self.expires_at = method, path, expires_at
-        self.timeouts, self.grace = timeouts, 0.0  # grace: to read once sent
+        self.timeouts, self.grace = timeouts, grace  # grace: to read once sent
         # Bytes of the request written to a socket, counted where they are
         # written; None: handed to an adapter that does not count (maybe sent).
         self.sent: int | None = 0
-        self.status, self.headers, self.body = (
-            0,
-            cast(Mapping[str, str], {}),
-            bytearray(),
-        )
+        self.status, self.headers = 0, cast(Mapping[str, str], {})
+        self.body = bytearray()
         self.problem: str | None = None  # why a 2xx body cannot be used
         self.failure: str | None = None  # why no (whole) answer arrived
-        self.timed_out, self.acted_before = False, False
-        self.error: AvaturnError | None = None  # built once, when the loop gives up
-        self.interrupt: BaseException | None = None
+        self.interrupt: BaseException | None = None  # the caller's (Ctrl-C)
+        # timed out; the server may have done its work; an earlier one may have
+        self.timed_out = self.acted = self.acted_before = False
 
     def __repr__(self) -> str:
         return f"<_Attempt {getattr(self, 'method', '')} {getattr(self, 'path', '')}>"
-
-    @property
-    def request_sent(self) -> bool:
-        return self.sent != 0
 
     def wait(self, seconds: float) -> float:
         """What one blocking step may wait: ``seconds``, cut to what is left of
@@ -1104,25 +1064,6 @@ class _Attempt(urllib3.Timeout):
         if left <= 0:
             raise TimeoutError("deadline exceeded")
         return min(seconds, left)
-
-    def may_have_acted(self) -> bool:
-        """Whether the server may have done the work of this attempt."""
-        if self.failure is not None or self.interrupt is not None:
-            return self.request_sent
-        return 200 <= self.status < 300 or (self.status >= 500 and self.status != 503)
-
-    def label(self) -> str:
-        """What happened, for a log line (no server text)."""
-        if self.failure is not None:
-            return "timeout" if self.timed_out else "connection error"
-        return "interrupted" if self.interrupt else _status_text(self.status)
-
-    def check(self) -> None:
-        """Raise what ended the call: the caller's interruption, or the typed error."""
-        if self.interrupt is not None:
-            raise self.interrupt
-        if self.error is not None:
-            raise self.error
 
     def string(self, name: str) -> str:
         """A non-empty string field of this 2xx JSON answer, else APIResponseError."""
@@ -1133,13 +1074,8 @@ class _Attempt(urllib3.Timeout):
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object of this 2xx answer (secret-named strings hidden)."""
-        self.check()
         try:  # a UnicodeDecodeError is a ValueError too
-            fields = (
-                None
-                if self.problem
-                else json.loads(self.body, object_pairs_hook=_hidden)
-            )
+            fields = self.problem or json.loads(self.body, object_pairs_hook=_hidden)
         except (ValueError, RecursionError):
             fields = None
         if not isinstance(fields, dict):
@@ -1177,7 +1113,7 @@ class _Transport:
 
     def __init__(
         self,
-        auth: _BearerAuth,
+        key: str,
         base_url: object,
         timeout: object = DEFAULT_TIMEOUT,
         deadline: object = DEFAULT_DEADLINE,
@@ -1185,51 +1121,40 @@ class _Transport:
         http_session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.auth, self.base_url = auth, _check_base_url(base_url)
+        self.key, self.base_url = _Secret(key), _check_base_url(base_url)
         self.timeout, self.deadline = _check_timeout(timeout), _check_seconds(deadline)
         self.max_retries = _check_int(max_retries, "max_retries", 0, None)
         if http_session is not None and not isinstance(http_session, requests.Session):
             raise ConfigurationError("http_session must be a requests.Session")
-        self.given, self.pid = http_session, -1
-        self.own: requests.Session | None = None  # built on first use, per process
+        # Ours, by pid: a forked child builds its own, whether or not at-fork
+        # handlers ran, and never shares a socket with its parent.
+        self.given, self.own = http_session, {os.getpid(): _new_http_session()}
         # A proxy from the environment would see a loopback request in clear.
         host = urllib.parse.urlsplit(self.base_url).hostname
-        self.proxies = dict(_NO_PROXIES) if _is_loopback(host) else None
+        self.proxies = dict(_NO_PROXIES) if _is_loopback(host) else {}
         # identity: the body caps count what the server sends, nothing inflates.
         self.headers = {
             "User-Agent": _USER_AGENT,
             "Accept": "application/json",
             "Accept-Encoding": "identity",
             "Content-Type": "application/json",
+            "Authorization": _Secret("Bearer " + self.key),
             **(headers or {}),
         }
 
     def __repr__(self) -> str:
         return f"_Transport(base_url={getattr(self, 'base_url', None)!r})"
 
-    @property
-    def http(self) -> requests.Session:
-        """The session to send through: the caller's, else this process's own. A
-        forked child builds its own, whether or not at-fork handlers ran: it
-        never shares a socket (or a lock) with its parent."""
-        if self.given is not None:
-            return self.given
-        pid = os.getpid()
-        if self.pid != pid:  # once, even under racing threads (own set before pid)
-            with _here().lock:
-                if self.pid != pid:
-                    self.own, self.pid = _new_http_session(), pid
-        return cast(requests.Session, self.own)
-
     def close(self) -> None:
-        own = self.own
-        if own is not None and self.pid == os.getpid():
-            self.pid = -1  # closed for good: a later call builds a new session
+        own = self.own.pop(os.getpid(), None)  # a later call builds a new session
+        if own is not None:
             own.close()
 
     def expiry(self, deadline: object) -> float:
-        """When a call starting now must end (``deadline`` None: this transport's)."""
-        return _expiry(self.deadline if deadline is None else _check_seconds(deadline))
+        """When a call starting now must end (``deadline`` None: this transport's):
+        never after the ``deadline()`` block around it."""
+        seconds = self.deadline if deadline is None else _check_seconds(deadline)
+        return min(_now() + seconds, _BUDGET.get())
 
     def call(
         self,
@@ -1243,43 +1168,53 @@ class _Transport:
         *,
         until: float | None = None,
     ) -> _Attempt:
-        """Send with the retry rules; the last attempt: a 2xx answer (a 404/410 is
-        one too for a DELETE), else one carrying the typed error (built once,
-        here, when the loop gives up) or the caller's interruption. ``grace``:
-        seconds past the deadline to read an answer once sent (read late, it
-        counts as timed out); ``trail`` gets every attempt as it starts;
-        ``until`` replaces the deadline."""
+        """Send with the retry rules; returns the last attempt, a 2xx answer (a
+        404/410 too for a DELETE), else raises the typed error (built once, here,
+        when the loop gives up) or the caller's interruption. ``grace``: seconds
+        past the deadline to read an answer once sent (read late, it counts as
+        timed out); ``trail`` gets every attempt as it starts; ``until``
+        replaces the deadline."""
         timeouts = self.timeout if timeout is None else _check_timeout(timeout)
-        expires_at = self.expiry(deadline) if until is None else until
+        if until is None:
+            seconds = self.deadline if deadline is None else _check_seconds(deadline)
+            until = min(_now() + seconds, _BUDGET.get())
         trail = [] if trail is None else trail
         while True:
-            attempt = _Attempt(method, path, expires_at, timeouts)
-            attempt.grace = grace
+            attempt = _Attempt(method, path, until, timeouts, grace)
             trail.append(attempt)
             started = _now()
             try:
                 self._send(payload, attempt)
             except BaseException as late:  # noqa: BLE001 - the caller's, as _send sorted
                 attempt.interrupt = _cut(late)
+            status, failed = attempt.status, attempt.failure is not None
+            if failed or attempt.interrupt is not None:
+                attempt.acted = attempt.sent != 0
+                label = "timeout" if attempt.timed_out else "connection error"
+                label = label if failed else "interrupted"
+            else:  # 503 says it did nothing; any other 5xx may have done it
+                attempt.acted = 200 <= status < 300 or status >= 500 and status != 503
+                label = f"{status} {_PHRASES.get(status, 'Error')}"
             took = (_now() - started) * 1000
-            info = (method, path, attempt.label(), took, len(trail))
+            info = (method, path, label, took, len(trail))
             _log.debug("%s %s -> %s in %.1f ms (attempt %d)", *info)
-            gone = method == "DELETE" and attempt.status in _GONE
-            answered = 200 <= attempt.status < 300 or gone
-            if attempt.interrupt is not None or (answered and attempt.failure is None):
-                attempt.acted_before = any(a.may_have_acted() for a in trail[:-1])
+            if attempt.interrupt is not None:
+                raise attempt.interrupt
+            gone = method == "DELETE" and status in _GONE
+            if (200 <= status < 300 or gone) and not failed:
+                attempt.acted_before = any(a.acted for a in trail[:-1])
                 return attempt
-            retry_after = _parse_retry_after(attempt.headers.get("retry-after") or "")
+            header = attempt.headers.get("retry-after")
+            retry_after = _parse_retry_after(header) if header else None
             retry = len(trail) <= self.max_retries and _should_retry(
                 method, attempt, retry_after
             )
             delay = _retry_delay(len(trail) - 1, retry_after) if retry else 0.0
             # A wait that crosses the deadline is not waited for.
-            if not retry or _now() + delay >= expires_at:
-                secrets = (self.auth.key, *(payload.secrets if payload else ()))
-                attempt.error = _error(attempt, retry_after, _known_secrets(secrets))
-                return attempt
-            why = (method, path, delay, len(trail), self.max_retries, attempt.label())
+            if not retry or _now() + delay >= until:
+                secrets = (self.key, *(payload.secrets if payload else ()))
+                raise _error(attempt, retry_after, _known_secrets(secrets))
+            why = (method, path, delay, len(trail), self.max_retries, label)
             _log.warning("retrying %s %s in %.2f s (retry %d of %d): %s", *why)
             _sleep(delay)
 
@@ -1290,34 +1225,49 @@ class _Transport:
         of our connections (they hold the request's bytes) is in a traceback."""
         try:
             attempt.wait(math.inf)  # nothing is handed on once the deadline passed
-            http, url = self.http, self.base_url + attempt.path
+            pid, url = os.getpid(), self.base_url + attempt.path
+            http = (
+                self.given
+                or self.own.get(pid)
+                or self.own.setdefault(pid, _new_http_session())
+            )
             data = payload.data if payload else None
-            prepared = http.prepare_request(
-                requests.Request(
-                    attempt.method, url, self.headers, data=data, auth=self.auth
-                )
+            headers = requests.structures.CaseInsensitiveDict(http.headers)
+            headers.update(self.headers)  # ours over the session's, in any case
+            # Not prepared by the session: no netrc, no session auth over ours.
+            prepared = requests.Request(
+                attempt.method, url, headers, data=data
+            ).prepare()
+            settings: Any = http.merge_environment_settings(
+                url, self.proxies, True, None, None
             )
-            settings = http.merge_environment_settings(
-                url, self.proxies or {}, True, None, None
-            )
+            verify = settings["verify"]
+            if isinstance(verify, str) and not os.path.exists(verify):  # mistyped?
+                raise FileNotFoundError(f"no CA certificates at {verify}")
             attempt.sent = None  # unknown, unless our connections count it
             # The adapter, not Session.send: that reads a redirect's body whole.
             with http.get_adapter(url).send(
-                prepared, timeout=cast(Any, attempt), **cast(Any, settings)
+                prepared, timeout=cast(Any, attempt), **settings
             ) as response:  # closed inside, whatever happens
                 attempt.status, attempt.headers = response.status_code, response.headers
+                raw: Any = response.raw
                 cap = (
                     MAX_RESPONSE_BYTES if attempt.status < 300 else MAX_ERROR_BODY_BYTES
                 )
                 encoding = attempt.headers.get("content-encoding", "identity").strip()
                 if encoding.lower() not in ("identity", ""):
                     attempt.problem = f"unsupported Content-Encoding {encoding[:40]!r}"
-                for chunk in iter(lambda: response.raw.read1(_READ_CHUNK), b""):
+                for chunk in iter(lambda: raw.read1(_READ_CHUNK), b""):
                     attempt.body += chunk  # what has come, each read bounded alone
                     if len(attempt.body) > cap:
                         attempt.problem = f"body larger than {cap} bytes"
                         break
                     attempt.wait(math.inf)  # a caller's session's reads: in total too
+                else:  # read to its end (ours: http.client says nothing if cut off)
+                    if isinstance(raw, _Answer) and raw.length:
+                        short = f"the answer was cut off, {raw.length} bytes short"
+                        raise _ProtocolError(short)
+                    raw.whole = True  # ours goes back to the pool
                 del attempt.body[cap:]
                 if attempt.grace and _now() > attempt.expires_at:  # read in the grace
                     raise TimeoutError("deadline exceeded")
@@ -1336,27 +1286,32 @@ class _Transport:
             )
 
     def warm(self, until: float) -> bool:
-        """Open one keep-alive connection to the host now, sending nothing (only
-        on our own connections; a caller's session is left alone)."""
-        url = self.base_url + "/"
-        adapter = self.http.get_adapter(url)
+        """Open one keep-alive connection to the host now, sending nothing, unless
+        one waits fresh (only on our own connections; a caller's is left alone)."""
+        pid, url = os.getpid(), self.base_url + "/"
+        http = (
+            self.given
+            or self.own.get(pid)
+            or self.own.setdefault(pid, _new_http_session())
+        )
+        adapter = http.get_adapter(url)
         if not isinstance(adapter, _Adapter):
             return True
-        expires_at = min(until, _now() + self.timeout[0])
-        try:  # the route a request takes: the same proxies, verify and cert
-            env = self.http.merge_environment_settings(
-                url, self.proxies, None, None, None
-            )
+        attempt = _Attempt(
+            "GET", "/", min(until, _now() + self.timeout[0]), self.timeout
+        )
+        try:  # the route a request takes: the same proxies and verify
+            env = http.merge_environment_settings(url, self.proxies, None, None, None)
             request = requests.Request("GET", url).prepare()
             route = adapter.get_connection_with_tls_context(
                 request, env["verify"], env["proxies"], env["cert"]
             )
-            if isinstance(route, _Route):
-                attempt = _Attempt("GET", "/", expires_at, self.timeout)
-                conn = route.checkout(attempt)  # one already open goes back as it was
-                route.checkin(conn or route.connect(attempt), None if conn else "")
+            idle = list(adapter.idle)  # a look: another call may take one meanwhile
+            fresh = any(c.route == route and _now() < c.reusable_until for c in idle)
+            if isinstance(route, _Route) and not fresh:
+                adapter.checkin(_Conn(attempt, route), None)
         except _NETWORK_ERRORS as exc:
-            reason = _redact(f"{type(exc).__name__}: {exc}", (self.auth.key,))
+            reason = _redact(f"{type(exc).__name__}: {exc}", (self.key,))
             _log.warning("could not warm %s: %s", self.base_url, reason)
             return False
         return True
@@ -1378,7 +1333,7 @@ def _error(
         kind = APITimeoutError if attempt.timed_out else APIConnectionError
         what = "timed out" if attempt.timed_out else "failed"
         message = f"{method} {path} {what}: {_redact(attempt.failure, secrets)}"
-        sent = attempt.request_sent
+        sent = attempt.sent != 0
         return kind(message, method=method, path=path, request_sent=sent)
     if status < 400:  # a redirect, or an informational answer a caller's adapter kept
         return attempt.unusable("a redirect, not followed (check the base URL)")
@@ -1391,69 +1346,52 @@ def _error(
     detail = next(
         (fields[k] for k in ("detail", "message", "error") if k in fields), body
     )
+    # A server's detail as one clean line: a string, FastAPI's list, any JSON.
+    if isinstance(detail, list) and all(isinstance(item, Mapping) for item in detail):
+        parts = []
+        for item in detail:
+            loc = item.get("loc")
+            steps = loc if isinstance(loc, list) else [] if loc is None else [loc]
+            where = ".".join(str(p) for p in steps if p != "body")
+            msg = str(item.get("msg", item))
+            parts.append(f"{where}: {msg}" if where else msg)
+        shown = "; ".join(parts)
+    else:
+        shown = detail if isinstance(detail, str) else json.dumps(detail, default=str)
+    shown = "" if detail is None or detail == "" else _redact(shown, ())
     request_id = attempt.headers.get("x-request-id")
     request_id = request_id and (_redact(request_id, secrets, limit=100) or None)
-    message = _status_text(status) + (f" (request {request_id})" if request_id else "")
-    rendered = _render_detail(detail)
-    text = f"{message}: {rendered}" if rendered else message
-    about = {"status_code": status, "detail": detail, "request_id": request_id}
-    errors = list(detail) if isinstance(detail, list) else []
-    return _error_class(status)(
-        text,
-        about,
-        method=method,
-        path=path,
-        body=body,
-        retry_after=retry_after,
-        errors=errors,
-    )
-
-
-def _error_class(status: int) -> type[APIStatusError]:
-    """The exception class for an HTTP status."""
+    message = f"{status} {_PHRASES.get(status, 'Error')}"
+    message += f" (request {request_id})" if request_id else ""
+    cls = APIStatusError  # the class for the status
     if status == 400:
-        return BadRequestError
-    if status == 401:
-        return AuthenticationError
-    if status == 403:
-        return PermissionDeniedError
-    if status == 404:
-        return NotFoundError
-    if status == 410:
-        return GoneError
-    if status == 422:
-        return UnprocessableEntityError
-    if status == 429:
-        return RateLimitError
-    if status >= 500:
-        return InternalServerError
-    return APIStatusError
-
-
-class _BearerAuth(requests.auth.AuthBase):
-    """Sets ``Authorization: Bearer`` per request; the key only ever as a ``_Secret``."""
-
-    def __init__(self, key: str) -> None:
-        self.key = _Secret(key)
-        _SEEN.append(self.key)
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = _Secret("Bearer " + self.key)
-        return request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(***)"
+        cls = BadRequestError
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDeniedError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 410:
+        cls = GoneError
+    elif status == 422:
+        cls = UnprocessableEntityError
+    elif status == 429:
+        cls = RateLimitError
+    elif status >= 500:
+        cls = InternalServerError
+    about = {"status_code": status, "detail": detail, "request_id": request_id}
+    about |= {"method": method, "path": path, "body": body, "retry_after": retry_after}
+    errors = list(detail) if isinstance(detail, list) else []
+    return cls(f"{message}: {shown}" if shown else message, about, errors=errors)
 
 
 def _new_http_session() -> requests.Session:
-    """A requests session on our connections, refusing cookies."""
-    http_session = requests.Session()
-    adapter = _Adapter()
+    """A requests session on our connections (cookies never go out: requests
+    are prepared without it)."""
+    http_session, adapter = requests.Session(), _Adapter()
     http_session.mount("https://", adapter)
     http_session.mount("http://", adapter)
-    # A cookie set for one user's request must not ride along on another's.
-    policy = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-    http_session.cookies.set_policy(policy)
     return http_session
 
 
@@ -1483,12 +1421,12 @@ def _io(
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter on this module's HTTP/1.1 connections (``_Route``);
-    through an HTTPS or SOCKS proxy, urllib3's own (counting nothing)."""
+    """requests' adapter on this module's HTTP/1.1 connections, pooled here
+    (``idle``); through an HTTPS or SOCKS proxy, urllib3's own (counting nothing)."""
 
     def __init__(self) -> None:
         super().__init__(pool_connections=1, max_retries=0)
-        self.idle: dict[tuple[Any, ...], list[_Conn]] = {}
+        self.idle: list[_Conn] = []
         self.closed = False  # then a connection coming back from a call is closed
 
     def get_connection_with_tls_context(
@@ -1500,158 +1438,163 @@ class _Adapter(requests.adapters.HTTPAdapter):
             return super().get_connection_with_tls_context(
                 request, verify, proxies, cert
             )
-        return _Route(self, request.url, proxy, verify, cert)
+        parts = urllib.parse.urlsplit(request.url)
+        return _Route(self, f"{parts.scheme}://{parts.netloc}", proxy, verify)
 
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        if not isinstance(conn, _Route):  # ours is set up by _tls_context
-            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+    def checkin(self, conn: _Conn, answer: _Answer | None) -> None:
+        """Keep ``conn`` for reuse after ``answer`` (only read to its end and kept
+        alive; idle time from now), or as it is (``None``); closed instead if the
+        pool is full or closed."""
+        if answer is not None:
+            if not answer.whole or answer.will_close:
+                conn.close()
+                return
+            match = _KEEP_ALIVE_TIMEOUT.search(answer.headers.get("keep-alive", ""))
+            expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
+            conn.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
+        self.idle.append(conn)
+        if len(self.idle) > DEFAULT_POOL_MAXSIZE or self.closed:
+            with contextlib.suppress(ValueError):  # taken meanwhile: the taker's
+                self.idle.remove(conn)
+                conn.close()
 
     def close(self) -> None:
         super().close()
         self.closed = True
-        for idle in list(self.idle.values()):
-            with contextlib.suppress(IndexError):  # a call in flight took the last
-                while True:
-                    idle.pop().close()
+        with contextlib.suppress(IndexError):  # a call in flight took the last
+            while True:
+                self.idle.pop().close()
 
 
-class _Route:
-    """Where a request goes (scheme, host, port, proxy, TLS settings), the idle
-    connections there, and how to open one: what requests calls a pool."""
-
-    def __init__(
-        self, adapter: _Adapter, url: str, proxy: Any, verify: Any, cert: Any
-    ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.tls, self.host = parts.scheme == "https", parts.hostname or ""
-        self.port = parts.port or (443 if self.tls else 80)
-        self.netloc, self.verify, self.cert = parts.netloc, verify, cert
-        self.proxy = urllib.parse.urlsplit(proxy) if proxy else None
-        key = (parts.scheme, self.host, self.port, proxy, verify, str(cert))
-        self.adapter, self.idle = adapter, adapter.idle.setdefault(key, [])
+class _Route(
+    NamedTuple(
+        "_Route",
+        [("adapter", _Adapter), ("origin", str), ("proxy", Any), ("verify", Any)],
+    )
+):
+    """Where a request goes (scheme and host, proxy, CA certificates): what
+    requests calls a pool (its ``cert_verify`` notes urllib3 settings on it)."""
 
     def urlopen(
         self,
         method: str,
         url: str,
-        body: Any = None,
-        headers: Any = (),
+        body: bytes | None = None,
+        headers: Any = None,
         timeout: Any = None,
         **_: Any,
     ) -> _Answer:
         """Write the request on an idle connection or a new one; read the answer's head."""
         attempt = cast(_Attempt, timeout)  # requests passes our _Attempt through
-        attempt.sent = 0  # counted from here, by _Conn.write
-        conn = self.checkout(attempt) or self.connect(attempt)
-        try:  # the request's bytes are built (plain) only in _masked
-            head = f"{method} {url} HTTP/1.1\r\nHost: {self.netloc}\r\n"
-            conn.write(_masked(head, headers, body))
-            return _Answer(self, conn)
-        except BaseException:
-            conn.close()
-            raise
-
-    def checkout(self, attempt: _Attempt) -> _Conn | None:
-        """An idle connection still open and fresh, if there is one."""
-        while self.idle:
+        sent = attempt.sent = 0  # counted from here, where the bytes are written
+        idle, conn = self.adapter.idle, None
+        while idle and conn is None:
             with contextlib.suppress(IndexError):  # another thread took the last one
-                conn = self.idle.pop()
-                if conn.alive():
-                    conn.attempt = attempt
-                    return conn
-                conn.close()
-        return None
-
-    def checkin(self, conn: _Conn, keep_alive: str | None) -> None:
-        """Keep ``conn`` for reuse, idle time counting from now (``None``: as it
-        was); closed instead if the pool is full or closed."""
-        if keep_alive is not None:
-            match = _KEEP_ALIVE_TIMEOUT.search(keep_alive)
-            expiry = KEEPALIVE_EXPIRY if match is None else float(match[1]) - 1.0
-            conn.reusable_until = _now() + min(expiry, KEEPALIVE_EXPIRY)
-        self.idle.append(conn)
-        if len(self.idle) > DEFAULT_POOL_MAXSIZE or self.adapter.closed:
-            with contextlib.suppress(ValueError):  # taken meanwhile: the taker's
-                self.idle.remove(conn)
-                conn.close()
-
-    def connect(self, attempt: _Attempt) -> _Conn:
-        """A new connection: resolve, connect to each address in turn, tunnel
-        through the proxy, the TLS handshake; each step on the attempt's clock."""
-        host, port = self.host, self.port
-        if self.proxy is not None:
-            host, port = self.proxy.hostname or "", self.proxy.port or 80
-        error: OSError = _ProtocolError(f"{host} has no address")
-        for family, kind, proto, _, address in _resolve(attempt, host, port):
-            sock = socket.socket(family, kind, proto)
-            try:
-                _io(attempt, sock, attempt.timeouts[0], sock.connect, address)
-                break
-            except OSError as exc:
-                sock.close()
-                error = exc
-        else:
-            raise error
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock, attempt)
-        try:
-            if self.proxy is not None:
-                self.tunnel(conn)
-            if self.tls:
-                context = _tls_context(self.verify, self.cert)
-                conn.sock = context.wrap_socket(
-                    sock, server_hostname=self.host, do_handshake_on_connect=False
+                conn = idle.pop()
+                if conn.route != self or not conn.alive():
+                    conn.close()
+                    conn = None
+        conn = conn or _Conn(attempt, self)
+        conn.attempt = attempt
+        try:  # a TLS record at a time: a record half on the wire is not counted
+            view = _masked(f"{method} {url} HTTP/1.1\r\n", headers, body)
+            while view:
+                written = _io(
+                    attempt,
+                    conn.sock,
+                    attempt.timeouts[1],
+                    conn.sock.send,
+                    view[:16384],
                 )
-                _io(attempt, conn.sock, attempt.timeouts[0], conn.sock.do_handshake)
+                attempt.sent = sent = sent + written
+                view = view[written:]
+            answer = _Answer(cast(socket.socket, conn), method=method)
+            answer.begin()
+            while 100 < answer.status < 200:  # http.client skips only 100 Continue
+                answer.headers = None  # 103 Early Hints and the like: the next one
+                answer.begin()
+            if len({v.strip() for v in answer.msg.get_all("content-length", [])}) > 1:
+                raise _ProtocolError("the answer has Content-Lengths that disagree")
+            # for requests: a field sent twice is both values, comma-joined
+            answer.headers = {
+                k.lower(): ", ".join(answer.msg.get_all(k, [])) for k in answer.msg
+            }
+            answer.release_conn = functools.partial(self.adapter.checkin, conn, answer)
+            return answer
         except BaseException:
             conn.close()
             raise
-        return conn
-
-    def tunnel(self, conn: _Conn) -> None:
-        """Ask the HTTP proxy for a tunnel (CONNECT): not the request, not counted."""
-        assert self.proxy is not None
-        target = (
-            f"[{self.host}]:{self.port}"
-            if ":" in self.host
-            else f"{self.host}:{self.port}"
-        )
-        fields = {"Host": target}
-        if self.proxy.username is not None:
-            import base64
-
-            login = _Secret(
-                ":".join(requests.utils.get_auth_from_url(self.proxy.geturl()))
-            )
-            fields["Proxy-Authorization"] = _Secret(
-                "Basic " + base64.b64encode(login.encode()).decode()
-            )
-        conn.write(_masked(f"CONNECT {target} HTTP/1.1\r\n", fields, None), False)
-        answer = _Answer(None, conn, "CONNECT")
-        answer.conn = None  # the connection goes on: TLS to the host, through it
-        if answer.status != 200:
-            raise _ProtocolError(f"the proxy refused a tunnel to {target}")
 
 
 class _Conn:
     """One HTTP/1.1 connection of ours: the socket, the attempt using it, and
-    until when it may be reused."""
+    until when it may be reused. Opened on the attempt's clock: resolve,
+    connect to each address in turn, tunnel through the proxy, TLS handshake."""
 
-    def __init__(self, sock: socket.socket, attempt: _Attempt) -> None:
-        self.sock, self.attempt, self.reusable_until = sock, attempt, math.inf
-
-    def write(self, view: memoryview, counted: bool = True) -> None:
-        """Write all of ``view``; bytes of the request are counted as written, at
-        most a TLS record at a time (a record half on the wire is not counted)."""
-        attempt, sock = self.attempt, self.sock
-        while view:
-            written = _io(attempt, sock, attempt.timeouts[1], sock.send, view[:16384])
-            attempt.sent = (attempt.sent or 0) + written * counted
-            view = view[written:]
+    def __init__(self, attempt: _Attempt, route: _Route) -> None:
+        self.attempt, self.route = attempt, route
+        self.reusable_until = _now() + KEEPALIVE_EXPIRY  # from now, if never used
+        parts = urllib.parse.urlsplit(route.origin)
+        host, tls = parts.hostname or "", parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        proxy = urllib.parse.urlsplit(route.proxy) if route.proxy else None
+        where = (proxy.hostname or "", proxy.port or 80) if proxy else (host, port)
+        try:  # an IP address: nothing to look up, no thread to wait for
+            found = socket.getaddrinfo(
+                *where, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )
+        except socket.gaierror:
+            found = _resolve(attempt, *where)
+        error: OSError = _ProtocolError(f"{where[0]} has no address")
+        for family, kind, proto, _, address in found:
+            self.sock = socket.socket(family, kind, proto)
+            try:
+                _io(attempt, self.sock, attempt.timeouts[0], self.sock.connect, address)
+                break
+            except OSError as exc:
+                self.sock.close()
+                error = exc
+        else:
+            raise error
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if proxy is not None:  # a tunnel (CONNECT): not the request, not counted
+                target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                fields = {"Host": target}
+                if proxy.username is not None:
+                    login = _Secret(
+                        ":".join(requests.utils.get_auth_from_url(route.proxy))
+                    )
+                    fields["Proxy-Authorization"] = _Secret(
+                        "Basic " + base64.b64encode(login.encode()).decode()
+                    )
+                view = _masked(f"CONNECT {target} HTTP/1.1\r\n", fields, None)
+                while view:
+                    sent = _io(
+                        attempt, self.sock, attempt.timeouts[1], self.sock.send, view
+                    )
+                    view = view[sent:]
+                tunnel = http.client.HTTPResponse(
+                    cast(socket.socket, self), method="CONNECT"
+                )
+                tunnel.begin()
+                if tunnel.status != 200:
+                    raise _ProtocolError(f"the proxy refused a tunnel to {target}")
+            if tls:
+                context = _tls_context(route.verify)
+                self.sock = context.wrap_socket(
+                    self.sock, server_hostname=host, do_handshake_on_connect=False
+                )
+                _io(attempt, self.sock, attempt.timeouts[0], self.sock.do_handshake)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def makefile(self, mode: str) -> io.BufferedReader:
         """What http.client reads an answer through: each read on the clock."""
-        return io.BufferedReader(_Reader(self))
+        reader = _Reader(self.sock, "rb")
+        reader.conn = self
+        return io.BufferedReader(reader)
 
     def alive(self) -> bool:
         """Idle, fresh, and still open: nothing to read (or only TLS records)."""
@@ -1670,15 +1613,11 @@ class _Conn:
         self.sock.close()
 
 
-class _Reader(io.RawIOBase):
-    """A connection's reads, each waiting at most the read timeout and never
-    past the deadline of the attempt that uses the connection."""
+class _Reader(socket.SocketIO):
+    """A connection's reads for one answer, each waiting at most the read
+    timeout and never past the deadline of the attempt using the connection."""
 
-    def __init__(self, conn: _Conn) -> None:
-        self.conn = conn
-
-    def readable(self) -> bool:
-        return True
+    conn: _Conn
 
     def readinto(self, buffer: Any) -> int:
         attempt, sock = self.conn.attempt, self.conn.sock
@@ -1686,52 +1625,23 @@ class _Reader(io.RawIOBase):
 
 
 class _Answer(http.client.HTTPResponse):
-    """http.client's answer on one of our connections, as requests' ``raw``:
-    informational 1xx answers skipped, lengths that disagree refused; read
-    whole and nothing said against it, the connection goes back to the pool."""
+    """http.client's answer on one of our connections, as requests' ``raw``.
+    requests calls ``release_conn`` when it closes the answer: read whole and
+    nothing said against it, the connection goes back to the pool."""
 
-    def __init__(self, route: _Route | None, conn: _Conn, method: str = "") -> None:
-        super().__init__(cast(socket.socket, conn), method=method)
-        self.route, self.conn = route, cast(_Conn | None, conn)
-        self.begin()
-        if len({v.strip() for v in self.msg.get_all("content-length", [])}) > 1:
-            raise _ProtocolError("the answer has Content-Lengths that disagree")
-        # for requests: a field sent twice is both values, comma-joined
-        joined = {k.lower(): ", ".join(self.msg.get_all(k, [])) for k in self.msg}
-        self.headers = cast(Any, joined)
-
-    def _read_status(self) -> tuple[str, int, str]:
-        while True:  # http.client itself skips only "100 Continue"
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if not 100 < status < 200:
-                return version, status, reason
-            http.client.parse_headers(self.fp)  # 103 Early Hints and the like
-
-    def read1(self, n: int = -1) -> bytes:
-        """What has come of the body (it is kept even if the rest never comes)."""
-        data = super().read1(n)
-        if not data and self.length:  # http.client ends a cut-off body without a word
-            raise _ProtocolError(f"the answer was cut off, {self.length} bytes short")
-        return data
-
-    def close(self) -> None:
-        whole = self.length == 0 or self.isclosed()  # read to its end?
-        conn, self.conn = self.conn, None
-        super().close()
-        if conn is not None and whole and not self.will_close and self.route:
-            self.route.checkin(conn, self.headers.get("keep-alive", ""))
-        elif conn is not None:
-            conn.close()
+    headers: Any  # as requests reads them: lower-case names
+    release_conn: Callable[[], None]
+    whole = False  # read to its end
 
 
 _KEEP_ALIVE_TIMEOUT = re.compile(r"timeout=(\d{1,6})")
 
 
-def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
-    """This process's TLS context for requests' ``verify`` and ``cert``:
-    certifi's bundle by default (as requests), or the given CA file or folder."""
+def _tls_context(verify: Any) -> ssl.SSLContext:
+    """This process's TLS context for requests' ``verify``: certifi's bundle by
+    default (as requests), or the given CA file or folder."""
     contexts = _here().contexts
-    if (verify, cert) not in contexts:
+    if verify not in contexts:
         context = ssl.create_default_context()
         if verify is False:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -1739,15 +1649,11 @@ def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
             where = (
                 requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
             )
-            if not os.path.exists(where):  # REQUESTS_CA_BUNDLE, mistyped?
-                raise FileNotFoundError(f"no CA certificates at {where}")
             place = "capath" if os.path.isdir(where) else "cafile"
             context.load_verify_locations(**{place: where})
-        if cert:
-            context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
         context.set_alpn_protocols(["http/1.1"])
-        contexts[verify, cert] = context
-    return contexts[verify, cert]
+        contexts[verify] = context
+    return contexts[verify]
 
 
 class _Lookup:
@@ -1773,10 +1679,6 @@ def _resolve(attempt: _Attempt, host: str, port: int) -> list[Any]:
     Callers for one host share one lookup on a daemon thread (a stalled
     resolver holds one thread per host, never more); with no thread to be had
     (interpreter shutdown, a thread limit), the caller runs it."""
-    with contextlib.suppress(socket.gaierror):  # an IP address: nothing to wait for
-        return socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-        )
     lookups = _here().lookups
     lookup = lookups.setdefault((host, port), mine := _Lookup())
     if lookup is mine:
@@ -1847,7 +1749,7 @@ class _Ready:
         headers = tuple(minter.headers.items())
         key = (
             provider,
-            minter.auth.key,
+            minter.key,
             minter.base_url,
             headers,
             payload.data,
@@ -1922,7 +1824,7 @@ def _should_retry(method: str, attempt: _Attempt, retry_after: float | None) -> 
     if retry_after is not None and retry_after > MAX_RETRY_AFTER:
         return False
     # Not one byte of the request was written (refused, DNS, connect timeout).
-    if attempt.failure is not None and not attempt.request_sent:
+    if attempt.failure is not None and attempt.sent == 0:
         return True
     # 429 and 503: the server turned the request away without doing it.
     if attempt.status in (429, 503):
@@ -2072,20 +1974,18 @@ def _check_int(value: object, name: str, low: int, high: int | None) -> int:
     return value
 
 
-def _auth(given: str | None, variable: str) -> _BearerAuth:
+def _auth(given: str | None, variable: str) -> _Secret:
     """The API key from the argument (even an empty one), else the environment;
     masked at once: from its first line, this frame holds only ``***``."""
     if given is not None and not isinstance(given, str):
         raise ConfigurationError("the API key must be a string")
-    auth, given = (
-        _BearerAuth(os.environ.get(variable, "") if given is None else given),
-        None,
-    )
-    if not auth.key:
+    key, given = _Secret(os.environ.get(variable, "") if given is None else given), None
+    _SEEN.append(key)
+    if not key:
         raise ConfigurationError(f"no API key: pass api_key or set {variable}")
-    if not _KEY_CHARS.fullmatch(auth.key):
+    if not _KEY_CHARS.fullmatch(key):
         raise ConfigurationError("the API key has whitespace or odd characters")
-    return auth
+    return key
 
 
 def _split_url(url: object, name: str) -> urllib.parse.SplitResult:
@@ -2243,7 +2143,7 @@ def _hide(
         return value
     if isinstance(value, Mapping):
         return {
-            k: _hide(v, found, hidden or _is_secret_name(k), depth + 1)
+            k: _hide(v, found, hidden or bool(_SECRET_NAME.search(str(k))), depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
@@ -2254,13 +2154,9 @@ def _hide(
 def _hidden(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object as json.loads reads an answer: secret-named strings hidden."""
     return {
-        k: _Secret(v) if isinstance(v, str) and _is_secret_name(k) else v
+        k: _Secret(v) if isinstance(v, str) and _SECRET_NAME.search(k) else v
         for k, v in pairs
     }
-
-
-def _is_secret_name(name: object) -> bool:
-    return isinstance(name, str) and _SECRET_NAME.search(name) is not None
 
 
 def _not_json(value: object) -> NoReturn:
@@ -2308,7 +2204,7 @@ def _redact_json(
         for key, item in value.items():
             name = _redact(key, secrets, limit=MAX_ERROR_BODY_BYTES)
             out[name] = _redact_json(
-                item, secrets, hidden or _is_secret_name(key), depth + 1
+                item, secrets, hidden or bool(_SECRET_NAME.search(key)), depth + 1
             )
         return out
     if isinstance(value, list):
