@@ -574,9 +574,8 @@ def _mint(provider: str, body: dict[str, Any], *options: Any) -> str:
 def _mint_now(provider: str, minter: _Transport, payload: _Payload, *call: Any) -> str:
     """POST one minting request: the credential in its answer, else CredentialError."""
     _, _, _, path, field, _ = _MINTERS[provider]
-    answer = minter.call("POST", path, payload, *call[:2])
     try:
-        value = _Secret(answer.string(field))
+        value = _Secret(minter.call("POST", path, payload, *call[:2]).string(field))
         _SEEN.append(value)
         return value
     except AvaturnError as exc:
