@@ -12,6 +12,7 @@ talks to any other host, sleeps on a clock it could patch, or asserts a timing.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import contextvars
@@ -2327,6 +2328,81 @@ def tls_fakes(monkeypatch, tmp_path):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     yield from three_hosts(monkeypatch, context)
+
+
+class TunnelProxy:
+    """An HTTP proxy on 127.0.0.1 that answers CONNECT with ``status`` and
+    then pipes the bytes to ``port`` there; ``heads`` keeps each CONNECT head."""
+
+    def __init__(self, port: int, status: int = 200) -> None:
+        self.port, self.status, self.heads = port, status, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                threading.Thread(
+                    target=self.tunnel, args=(client,), daemon=True
+                ).start()
+
+    def tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(1)
+        self.heads.append(head.decode())
+        client.sendall(b"HTTP/1.1 %d Tunnel\r\nContent-Length: 0\r\n\r\n" % self.status)
+        if self.status != 200:
+            return client.close()
+        server = socket.create_connection(("127.0.0.1", self.port))
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("status", [200, 407])
+def test_client_tunnels_through_an_http_proxy_from_the_environment(
+    monkeypatch, tmp_path, sleeps, status
+):
+    trustme = pytest.importorskip("trustme")
+    ca, fake = trustme.CA(), FakeAvaturn()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.example").configure_cert(context)
+    fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    port = fake.server.server_address[1]
+    proxy = TunnelProxy(port, status)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("//", "//al:pa55@"))
+    client = av.AvaturnClient(KEY, base_url=f"https://api.example:{port}")
+    try:
+        if status == 407:  # refused: nothing of the request went out
+            with pytest.raises(av.APIConnectionError) as info:
+                client.create_session()
+            assert info.value.request_sent is False and "pa55" not in str(info.value)
+            assert "tunnel to api.example" in str(info.value)
+            return
+        for _ in range(2):
+            client.create_session()
+        assert len(fake.created) == 2 and fake.connections == 1  # one tunnel, reused
+        [head] = proxy.heads
+        login = base64.b64encode(b"al:pa55").decode()
+        assert head.startswith(f"CONNECT api.example:{port} HTTP/1.1\r\n")
+        assert f"Proxy-Authorization: Basic {login}\r\n" in head and KEY not in head
+    finally:
+        client.close(), proxy.close(), fake.close()
 
 
 def test_session_starts_over_tls_use_one_connection_per_host(tls_fakes):
