@@ -20,6 +20,7 @@ its token to the browser's Web SDK, push text for the avatar to say, terminate.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -233,7 +234,7 @@ class CredentialError(AvaturnError):
 class APIConnectionError(AvaturnError):
     """No HTTP answer arrived: refused, reset, DNS failure, a cut-off answer.
     ``.request_sent``: a byte of it was written to a socket (or it went through
-    a caller's ``http_session``, which does not count)."""
+    a caller's ``http_session`` or an HTTPS or SOCKS proxy: those count nothing)."""
 
     method: str = ""
     path: str = ""
@@ -663,22 +664,13 @@ class AvaturnClient:
         options |= {"render_model": render_model, "max_duration": max_duration}
         options |= {"user_absent_timeout": user_absent_timeout, "extra": extra}
         payload = _Payload(_build_create_body(engine, options))
-        trail: list[_Attempt] = []
+        trail: list[_Attempt] = []  # every attempt, as it starts
         try:
-            answer = self._transport.call(
-                "POST",
-                _PATH_SESSIONS,
-                payload,
-                timeout,
-                deadline,
-                CLEANUP_GRACE / 2,
-                trail,
-            )
+            args = (payload, timeout, deadline, CLEANUP_GRACE / 2, trail)
+            answer = self._transport.call("POST", _PATH_SESSIONS, *args)
             fields = answer.json_object()
-            session_id, token = fields.get("session_id"), fields.get("token")
-            if not (isinstance(session_id, str) and isinstance(token, str)) or not (
-                session_id and token
-            ):
+            session_id, token = (fields.get(k) or "" for k in ("session_id", "token"))
+            if not all(isinstance(v, str) and v for v in (session_id, token)):
                 raise answer.unusable("has no 'session_id' and 'token' strings")
             _SEEN.append(token)
             return AvaturnSession(session_id, token, self.base_url)
@@ -687,7 +679,7 @@ class AvaturnClient:
             if last is not None and last.acted:  # end what its answer names, if any
                 found = last.recover("session_id") if last.status < 300 else None
                 until = last.expires_at + CLEANUP_GRACE
-                if found is None or not self._end(found, "create failed", until=until):
+                if found is None or not self._end(found, "create failed", None, until):
                     _say_running(exc, found)
             raise
 
@@ -704,10 +696,10 @@ class AvaturnClient:
         path = _session_path(session_id) + "/tasks"
         if not _check_text(text, "text").strip():
             raise ConfigurationError("text must not be blank")
-        answer = self._transport.call(
-            "POST", path, _Payload({"text": text}), timeout, deadline
+        payload = _Payload({"text": text})
+        return self._transport.call("POST", path, payload, timeout, deadline).string(
+            "task_id"
         )
-        return answer.string("task_id")
 
     def terminate_session(
         self,
@@ -721,13 +713,11 @@ class AvaturnClient:
         Safe twice and in cleanup code. Timeouts, resets and 500/502/503/504 are
         retried; a 404 after an attempt that may have arrived counts as ended.
         """
-        return self._terminate(session_id, timeout, deadline)
+        return self._terminate(session_id, timeout, self._transport.expiry(deadline))
 
     @contextlib.contextmanager
     def session(
-        self,
-        engine: Mapping[str, Any] | None = None,
-        **options: Unpack[_CreateOptions],
+        self, engine: Mapping[str, Any] | None = None, **options: Unpack[_CreateOptions]
     ) -> Iterator[AvaturnSession]:
         """Create a session for a ``with`` block; end it on leaving, whatever happens.
 
@@ -741,40 +731,27 @@ class AvaturnClient:
         try:
             yield created
         except BaseException:
-            self._end(
-                created.session_id, "after an error in the block", timeout, deadline
-            )
+            until = self._transport.expiry(deadline, CLEANUP_GRACE)
+            self._end(created.session_id, "after an error in the block", timeout, until)
             raise
         try:
-            until = max(self._transport.expiry(deadline), _now() + CLEANUP_GRACE)
-            self._terminate(created.session_id, timeout, None, until)
+            until = self._transport.expiry(deadline, CLEANUP_GRACE)
+            self._terminate(created.session_id, timeout, until)
         except BaseException as exc:
             _say_running(exc, created.session_id)
             raise
 
-    def _terminate(
-        self, session_id: str, timeout: Any, deadline: Any, until: float | None = None
-    ) -> bool:
+    def _terminate(self, session_id: str, timeout: Any, until: float) -> bool:
         path = _session_path(session_id)
-        answer = self._transport.call(
-            "DELETE", path, None, timeout, deadline, until=until
-        )
+        answer = self._transport.call("DELETE", path, None, timeout, until=until)
         return answer.status not in _GONE or answer.acted_before
 
-    def _end(
-        self,
-        session_id: str,
-        why: str,
-        timeout: Any = None,
-        deadline: Any = None,
-        until: float | None = None,
-    ) -> bool:
-        """End a session this client made, with at least ``CLEANUP_GRACE`` for
-        it; on failure log a WARNING naming it and return False (the caller's
-        own interruption goes on, after the WARNING)."""
-        until = until or max(self._transport.expiry(deadline), _now() + CLEANUP_GRACE)
+    def _end(self, session_id: str, why: str, timeout: Any, until: float) -> bool:
+        """End a session this client made, by ``until``; on failure log a WARNING
+        naming it and return False (the caller's own interruption goes on, after
+        the WARNING)."""
         try:
-            self._terminate(session_id, timeout, None, until)
+            self._terminate(session_id, timeout, until)
         except BaseException as exc:
             _log.warning(
                 "could not end session %s (%s): %s", _redact(session_id, ()), why, exc
@@ -876,18 +853,10 @@ def warm(*, deadline: float | None = None) -> list[str]:
         if os.environ.get(key_variable):
             transports.append(_minter(provider, None, None))
     _here().ready.fill()
-    until, cold = transports[0].expiry(deadline), []  # here: the threads see no block
-
-    def warm_one(transport: _Transport) -> None:
-        if not transport.warm(until):
-            cold.append(transport.base_url)
-
-    threads = [threading.Thread(target=warm_one, args=(t,)) for t in transports]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sorted(cold)
+    until = transports[0].expiry(deadline)  # here: the threads see no block
+    with concurrent.futures.ThreadPoolExecutor(len(transports)) as pool:
+        warmed = list(pool.map(lambda t: t.warm(until), transports))
+    return sorted(t.base_url for t, ok in zip(transports, warmed) if not ok)
 
 
 def close_shared_clients() -> None:
@@ -895,10 +864,9 @@ def close_shared_clients() -> None:
     functions' client, the minting connections) and stop minting ahead, e.g.
     at shutdown; all of it is built again on next use."""
     process = _processes.pop(os.getpid(), None)
-    if process is not None:
-        process.ready.stop()
     _JOBS.clear()
     if process is not None:
+        process.ready.stop()
         for transport in [*process.minters.values(), process.client]:
             if transport is not None:
                 transport.close()
@@ -952,10 +920,10 @@ _GONE = (404, 410)
 _NO_PROXIES: dict[str, Any] = {"http": None, "https": None, "all": None}
 # What an attempt's I/O raises when no usable answer arrived. Anything else
 # (Ctrl-C, a task's time limit, gevent's Timeout) is the caller's: it goes on.
+# (requests' own exceptions are OSErrors.)
 _NETWORK_ERRORS = (
     OSError,
     ValueError,
-    requests.RequestException,
     urllib3.exceptions.HTTPError,
     http.client.HTTPException,
 )
@@ -1118,11 +1086,11 @@ class _Transport:
         if own is not None:
             own.close()
 
-    def expiry(self, deadline: object) -> float:
+    def expiry(self, deadline: object, least: float = 0.0) -> float:
         """When a call starting now must end (``deadline`` None: this transport's):
-        never after the ``deadline()`` block around it."""
+        never after the ``deadline()`` block around it, unless it has ``least``."""
         seconds = self.deadline if deadline is None else _check_seconds(deadline)
-        return min(_now() + seconds, _BUDGET.get())
+        return max(min(_now() + seconds, _BUDGET.get()), _now() + least)
 
     def call(
         self,
@@ -1206,8 +1174,8 @@ class _Transport:
             prepared = requests.Request(
                 attempt.method, url, headers, data=data
             ).prepare()
-            settings: Any = http.merge_environment_settings(
-                url, self.proxies, True, None, None
+            settings: Any = http.merge_environment_settings(  # fills the dict given
+                url, dict(self.proxies), True, None, None
             )
             verify = settings["verify"]
             if isinstance(verify, str) and not os.path.exists(verify):  # mistyped?
@@ -1269,7 +1237,9 @@ class _Transport:
             "GET", "/", min(until, _now() + self.timeout[0]), self.timeout
         )
         try:  # the route a request takes: the same proxies and verify
-            env = http.merge_environment_settings(url, self.proxies, None, None, None)
+            env = http.merge_environment_settings(
+                url, dict(self.proxies), None, None, None
+            )
             request = requests.Request("GET", url).prepare()
             route = adapter.get_connection_with_tls_context(
                 request, env["verify"], env["proxies"], env["cert"]
@@ -1465,7 +1435,8 @@ class _Route(
         conn = conn or _Conn(attempt, self)
         conn.attempt = attempt
         try:  # a TLS record at a time: a record half on the wire is not counted
-            view = _masked(f"{method} {url} HTTP/1.1\r\n", headers, body)
+            host = {"Host": self.origin.partition("://")[2]}  # requests sets none
+            view = _masked(f"{method} {url} HTTP/1.1\r\n", host | dict(headers), body)
             while view:
                 written = _io(
                     attempt,
@@ -1715,14 +1686,7 @@ class _Ready:
         taken, so nobody else gets it; its replacement is due at once."""
         provider, minter, payload, *_, lifetime = job
         headers = tuple(minter.headers.items())
-        key = (
-            provider,
-            minter.key,
-            minter.base_url,
-            headers,
-            payload.data,
-            lifetime,
-        )
+        key = (provider, minter.key, minter.base_url, headers, payload.data, lifetime)
         with self.cond:
             if key not in _JOBS and len(_JOBS) >= _MAX_READY:
                 return None

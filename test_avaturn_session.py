@@ -2383,7 +2383,7 @@ def test_client_tunnels_through_an_http_proxy_from_the_environment(
     fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
     port = fake.server.server_address[1]
-    proxy = TunnelProxy(port, status)
+    proxy, other = TunnelProxy(port, status), TunnelProxy(port)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
     monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("//", "//al:pa55@"))
     client = av.AvaturnClient(KEY, base_url=f"https://api.example:{port}")
@@ -2397,12 +2397,17 @@ def test_client_tunnels_through_an_http_proxy_from_the_environment(
         for _ in range(2):
             client.create_session()
         assert len(fake.created) == 2 and fake.connections == 1  # one tunnel, reused
+        assert fake.last_headers["create"]["host"] == f"api.example:{port}"
         [head] = proxy.heads
         login = base64.b64encode(b"al:pa55").decode()
         assert head.startswith(f"CONNECT api.example:{port} HTTP/1.1\r\n")
         assert f"Proxy-Authorization: Basic {login}\r\n" in head and KEY not in head
+        # the environment is read per call: a new proxy is followed at once
+        monkeypatch.setenv("HTTPS_PROXY", other.url)
+        client.create_session()
+        assert len(proxy.heads) == 1 and len(other.heads) == 1
     finally:
-        client.close(), proxy.close(), fake.close()
+        client.close(), proxy.close(), other.close(), fake.close()
 
 
 def test_session_starts_over_tls_use_one_connection_per_host(tls_fakes):
@@ -3439,6 +3444,9 @@ def test_create_session_ends_a_session_its_unusable_answer_names(fake, name):
 TOLERATED_ANSWERS = {
     # 0.3.0 took the 103 as the answer and dropped the real one
     "103 Early Hints first": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    + answer(OK_BODY),
+    "100, 102 and 103 first": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing"
+    + b"\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
     + answer(OK_BODY),
     "a UTF-8 BOM": answer(b"\xef\xbb\xbf" + OK_BODY),  # JSON's bytes may have one
 }

@@ -220,6 +220,8 @@ class FakeAvaturn:
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
         path = urllib.parse.urlsplit(h.path).path
         route, session_id = self._route(method, path)
+        if not h.headers.get("Host"):  # as HTTP/1.1 servers (nginx, h11) answer
+            return self._reply(h, 400, {"detail": "Missing mandatory Host header"})
         if route is None:
             return self._reply(h, 404, {"detail": "Not Found"})
         with self.lock:
