@@ -517,6 +517,21 @@ def test_client_pool_keeps_at_most_32_idle_connections(fake, monkeypatch):
         assert sum(conn.sock.fileno() == -1 for conn in conns) == 8  # closed
 
 
+def test_client_pools_a_connection_only_after_its_answer_was_read_whole(
+    fake, monkeypatch
+):
+    client = client_for(fake)
+    client.create_session()
+    assert len(adapter_of(client).idle) == 1  # read to its end: kept
+    monkeypatch.setattr(av, "MAX_RESPONSE_BYTES", 10)  # this answer: over the cap
+    fake.script("create", Fault("mangled", body=answer(OK_BODY)))  # keep-alive
+    with pytest.raises(av.APIResponseError, match="larger than"):
+        client.create_session()
+    # the rest of that body was never read: closed at once, never kept (though
+    # the check before reuse would find it unusable too)
+    assert adapter_of(client).idle == []
+
+
 def test_client_uses_one_pool_under_a_race_to_build_it(fake, monkeypatch):
     monkeypatch.setattr(av, "KEEPALIVE_EXPIRY", 600.0)  # a loaded machine idles
     fake.idle_timeout = 600.0
