@@ -1649,7 +1649,7 @@ class _Process:
         self.client: AvaturnClient | None = None
         self.minters: dict[tuple[Any, ...], _Transport] = {}
         self.lookups: dict[tuple[str, int], _Lookup] = {}
-        self.contexts: dict[tuple[Any, Any], ssl.SSLContext] = {}
+        self.contexts: dict[Any, ssl.SSLContext] = {}  # by requests' verify
         self.ready = _Ready()
 
 

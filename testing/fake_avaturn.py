@@ -191,8 +191,12 @@ class FakeAvaturn:
         self._thread.start()
 
     def close(self) -> None:
-        self.server.shutdown()
+        """Stop serving; a server loop stuck for 10 s fails the test, never hangs it."""
+        stopping = threading.Thread(target=self.server.shutdown, daemon=True)
+        stopping.start()
+        stopping.join(10)
         self.server.server_close()
+        assert not stopping.is_alive(), "the fake's server loop is stuck"
 
     # -- scripting ---------------------------------------------------------- #
 
