@@ -20,7 +20,6 @@ its token to the browser's Web SDK, push text for the avatar to say, terminate.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -853,10 +852,23 @@ def warm(*, deadline: float | None = None) -> list[str]:
         if os.environ.get(key_variable):
             transports.append(_minter(provider, None, None))
     _here().ready.fill()
-    until = transports[0].expiry(deadline)  # here: the threads see no block
-    with concurrent.futures.ThreadPoolExecutor(len(transports)) as pool:
-        warmed = list(pool.map(lambda t: t.warm(until), transports))
-    return sorted(t.base_url for t, ok in zip(transports, warmed) if not ok)
+    until, cold, threads = transports[0].expiry(deadline), [], []  # the block: here
+
+    def warm_one(transport: _Transport) -> None:
+        if not transport.warm(until):
+            cold.append(transport.base_url)
+
+    # In parallel, on daemon threads: none is joined at exit, nor in a forked child.
+    for transport in transports:
+        thread = threading.Thread(target=warm_one, args=(transport,), daemon=True)
+        try:
+            thread.start()
+            threads.append(thread)
+        except RuntimeError:  # no thread to be had (interpreter shutdown): here
+            warm_one(transport)
+    for thread in threads:
+        thread.join()
+    return sorted(cold)
 
 
 def close_shared_clients() -> None:
@@ -1128,8 +1140,9 @@ class _Transport:
                 attempt.acted = attempt.sent != 0
                 label = "timeout" if attempt.timed_out else "connection error"
                 label = label if failed else "interrupted"
-            else:  # 503 says it did nothing; any other 5xx may have done it
-                attempt.acted = 200 <= status < 300 or status >= 500 and status != 503
+            else:  # 503 says it did nothing; any other 5xx may have (and a 1xx a
+                # caller's adapter took as the answer: the real one is lost)
+                attempt.acted = status < 300 or status >= 500 and status != 503
                 label = f"{status} {_PHRASES.get(status, 'Error')}"
             took = (_now() - started) * 1000
             info = (method, path, label, took, len(trail))
@@ -1149,7 +1162,11 @@ class _Transport:
             # A wait that crosses the deadline is not waited for.
             if not retry or _now() + delay >= until:
                 secrets = (self.key, *(payload.secrets if payload else ()))
-                raise _error(attempt, retry_after, _known_secrets(secrets))
+                try:  # the server's text is in the frames below: an interruption
+                    error = _error(attempt, retry_after, _known_secrets(secrets))
+                except BaseException as late:  # noqa: BLE001 - goes on without them
+                    raise _cut(late) from None
+                raise error
             why = (method, path, delay, len(trail), self.max_retries, label)
             _log.warning("retrying %s %s in %.2f s (retry %d of %d): %s", *why)
             _sleep(delay)
@@ -1170,10 +1187,10 @@ class _Transport:
             data = payload.data if payload else None
             headers = requests.structures.CaseInsensitiveDict(http.headers)
             headers.update(self.headers)  # ours over the session's, in any case
-            # Not prepared by the session: no netrc, no session auth over ours.
-            prepared = requests.Request(
-                attempt.method, url, headers, data=data
-            ).prepare()
+            # Not prepared by the session: no netrc, no session auth over ours;
+            # a header the session set to None is not sent, as requests does.
+            kept = {k: v for k, v in headers.items() if v is not None}
+            prepared = requests.Request(attempt.method, url, kept, data=data).prepare()
             settings: Any = http.merge_environment_settings(  # fills the dict given
                 url, dict(self.proxies), True, None, None
             )
@@ -1273,7 +1290,9 @@ def _error(
         message = f"{method} {path} {what}: {_redact(attempt.failure, secrets)}"
         sent = attempt.sent != 0
         return kind(message, method=method, path=path, request_sent=sent)
-    if status < 400:  # a redirect, or an informational answer a caller's adapter kept
+    if status < 200:  # a caller's adapter took it as the answer: the real one is lost
+        return attempt.unusable("an informational answer; the real one was not read")
+    if status < 400:
         return attempt.unusable("a redirect, not followed (check the base URL)")
     text = bytes(attempt.body).decode("utf-8", errors="replace")
     try:

@@ -3528,6 +3528,86 @@ def test_a_call_from_an_atexit_handler_works_without_new_threads(fake, no_env):
     assert done.stdout.strip() in fake.sessions
 
 
+WARM_AT_EXIT = """
+import atexit, json, avaturn_session as av
+atexit.register(lambda: print(json.dumps(av.warm())))  # no thread can start (3.12+)
+"""
+
+
+def test_warm_from_an_atexit_handler_warms_in_the_caller(fake, no_env):
+    env = {
+        "AVATURN_API_KEY": KEY,
+        "AVATURN_BASE_URL": fake.url,
+        "PYTHONPATH": str(ROOT),
+    }
+    assert app_report(WARM_AT_EXIT, env) == []
+
+
+WARM_THEN_FORK = """
+import ctypes, json, os, socket, threading, time
+import avaturn_session as av
+silent = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks TLS
+os.environ["AVATURN_BASE_URL"] = "https://localhost:%d" % silent.getsockname()[1]
+threading.Thread(target=lambda: av.warm(deadline=30), daemon=True).start()
+time.sleep(0.5)  # the thread is inside warm(), its handshake waiting
+pid = ctypes.PyDLL(None).fork()  # no at-fork handlers run
+if pid == 0:
+    raise SystemExit(0)  # a child that just exits, as a worker does
+for _ in range(100):  # 10 s
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print(json.dumps("the child hung at exit"))
+    raise SystemExit(0)
+print(json.dumps("exited"))
+"""
+
+
+def test_a_child_forked_while_warm_runs_exits_at_once(no_env):
+    env = {"AVATURN_API_KEY": KEY, "PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]}
+    assert app_report(WARM_THEN_FORK, env) == "exited"
+
+
+def test_a_callers_http_session_drops_a_header_it_set_to_none(fake):
+    theirs = requests.Session()
+    theirs.headers["X-Trace"] = None  # requests' way to send no such header
+    client = av.AvaturnClient(KEY, base_url=fake.url, http_session=theirs)
+    assert client.create_session().session_id in fake.sessions
+    assert "x-trace" not in fake.last_headers["create"]
+
+
+def test_a_1xx_a_callers_session_takes_as_the_answer_says_a_session_may_exist(fake):
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + answer(OK_BODY)
+    fake.script("create", Fault("mangled", body=early))
+    client = av.AvaturnClient(KEY, base_url=fake.url, http_session=requests.Session())
+    with pytest.raises(av.APIResponseError, match="informational") as info:
+        client.create_session()
+    # the real answer, naming the session, was never read: the error says so
+    assert str(info.value).endswith(MAY_HAVE_CREATED) and len(fake.created) == 1
+
+
+def test_an_interruption_while_the_error_is_built_leaves_no_frame_below(
+    fake, monkeypatch
+):
+    fake.token_factory = lambda n: "SESSTOK-ECHOED-0123456789"
+    held = client_for(fake).create_session()
+    fake.script("say", Fault("echo"))  # a 500 that quotes the key and the token
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # as a signal would, in the middle of it
+
+    monkeypatch.setattr(av, "_redact_json", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        client_for(fake).say(held.session_id, "hi")
+    text = repr(frames_locals(info.value))
+    assert KEY not in text and held.token not in text
+    frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+    assert "_error" not in frames and frames[-1] == "call"
+
+
 URLLIB3_1 = """
 import urllib3.response as response
 del response.HTTPResponse.read1, response.BaseHTTPResponse.read1  # 1.26 to 2.1
