@@ -572,7 +572,8 @@ def _mint_with_sdk(client: Any, body: dict[str, Any], *options: Any) -> str:
     except Exception as exc:  # noqa: BLE001 - any SDK failure is a CredentialError
         # The reason, not the exception: its frames hold the request's headers.
         key = _Secret(getattr(client, "api_key", None) or "")  # masked at once
-        failure = f"{type(exc).__name__}: {exc}"
+        cause = exc.__cause__  # the SDK's "Connection error.": why, from httpx
+        failure = f"{type(exc).__name__}: {exc}" + (f" ({cause!r})" if cause else "")
         failure = _redact(failure, _known_secrets((key, *payload.secrets)))
     if not isinstance(value, str) or not value:
         message = f"openai: could not mint a credential: {failure}"

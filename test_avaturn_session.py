@@ -2224,6 +2224,12 @@ def test_mint_openai_sdk_failure_is_credential_error_without_key():
     assert info.value.__cause__ is None and info.value.__context__ is None
     assert "RuntimeError: Incorrect API key provided: ***" in str(info.value)
     assert "sk-fake-openai" not in str(info.value) + repr(info.value)
+    # the SDK's own reason ("Connection error.") says why through its cause
+    wrapped = RuntimeError("Connection error.")
+    wrapped.__cause__ = OSError("refused by sk-fake-openai")
+    with pytest.raises(av.CredentialError) as info:
+        av.mint_openai_client_secret(openai_client=FakeOpenAI(error=wrapped))
+    assert str(info.value).endswith("Connection error. (OSError('refused by ***'))")
     with pytest.raises(av.CredentialError, match="no client secret"):
         av.mint_openai_client_secret(
             openai_client=FakeOpenAI(result=SimpleNamespace(value=None))
